@@ -1,0 +1,595 @@
+"""Dreamer: learning behaviors by latent imagination (Hafner et al., ICLR 2020).
+
+python dreamer.py --logdir ./logdir/walker --task dmc_walker_walk
+"""
+
+import argparse
+import fcntl
+import functools
+import os
+import pathlib
+import random
+import shutil
+import sys
+import time
+import uuid
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_probability as tfp  # noqa: E402
+import yaml  # noqa: E402
+
+import models  # noqa: E402
+import tools  # noqa: E402
+import wrappers  # noqa: E402
+
+tfd = tfp.distributions
+
+# One table of defaults (PAPER.md; the TF2 release where the two differ), each
+# a --flag. Steps are env frames (agent steps x action repeat) everywhere.
+DEFAULTS = dict(
+    # General.
+    logdir="",
+    task="dmc_walker_walk",
+    seed=0,
+    steps=int(5e6),
+    eval_every=int(1e4),
+    log_every=int(1e3),
+    precision=16,
+    jit=False,
+    envs=1,
+    # Environment.
+    action_repeat=2,
+    time_limit=1000,
+    prefill=5000,
+    render_fast=False,
+    life_done=True,
+    grayscale=False,
+    clip_rewards="none",
+    # Model.
+    deter_size=200,
+    stoch_size=30,
+    num_units=400,
+    cnn_depth=32,
+    pcont=False,
+    free_nats=3.0,
+    kl_scale=1.0,
+    pcont_scale=10.0,
+    # Training.
+    batch_size=50,
+    batch_length=50,
+    train_every=1000,
+    train_steps=100,
+    pretrain=100,
+    model_lr=6e-4,
+    value_lr=8e-5,
+    actor_lr=8e-5,
+    grad_clip=100.0,
+    adam_eps=1e-7,
+    replay_cache=400,
+    # Behavior.
+    discount=0.99,
+    disclam=0.95,
+    horizon=15,
+    action_dist="tanh_normal",
+    action_init_std=5.0,
+    expl="additive_gaussian",
+    expl_amount=0.3,
+    expl_decay=0,
+    expl_min=0.0,
+)
+
+# Applied by task prefix before --configs presets (PAPER: discrete actions).
+SUITES = dict(
+    dmc={},
+    atari=dict(
+        action_repeat=4, time_limit=108000, pcont=True, horizon=10, kl_scale=0.1,
+        clip_rewards="tanh", action_dist="onehot", expl="epsilon_greedy",
+        expl_amount=0.4, expl_decay=200000, expl_min=0.1),
+    dmlab=dict(
+        action_repeat=4, time_limit=108000, pcont=True, horizon=10, kl_scale=0.1,
+        clip_rewards="tanh", action_dist="onehot", expl="epsilon_greedy",
+        expl_amount=0.4, expl_decay=200000, expl_min=0.1),
+)
+
+PRESETS = dict(
+    # A whole run with every phase in about a minute on 2 CPU cores.
+    debug=dict(
+        time_limit=200, prefill=800, train_every=500, train_steps=3, pretrain=3,
+        eval_every=2000, log_every=500, batch_size=4, batch_length=10, horizon=5,
+        deter_size=32, stoch_size=8, num_units=32, cnn_depth=4, replay_cache=20,
+        precision=32),
+)
+
+CHOICES = dict(
+    precision=(16, 32),
+    action_dist=("tanh_normal", "onehot"),
+    expl=("additive_gaussian", "epsilon_greedy", "completely_random", "none"),
+    clip_rewards=("none", "tanh"),
+)
+
+
+# Configuration.
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"dreamer.py: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def flag_type(default):
+    if isinstance(default, bool):
+        def parse_bool(x: str) -> bool:
+            if x.lower() in ("true", "1", "yes"):
+                return True
+            if x.lower() in ("false", "0", "no"):
+                return False
+            raise argparse.ArgumentTypeError(f"expected True or False, got '{x}'")
+        return parse_bool
+    if isinstance(default, int):
+        def parse_int(x: str) -> int:
+            value = float(x)  # Accepts 5e6.
+            if not value.is_integer():
+                raise argparse.ArgumentTypeError(f"expected an integer, got '{x}'")
+            return int(value)
+        return parse_int
+    return type(default)
+
+
+def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
+    """Defaults, then the task's suite preset, then --configs in order, then
+    the flags given explicitly."""
+    parser = OneLineParser(description=__doc__, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--configs", nargs="+", default=[], choices=sorted(PRESETS))
+    for key, value in DEFAULTS.items():
+        parser.add_argument(f"--{key}", type=flag_type(value), choices=CHOICES.get(key),
+                            required=key == "logdir")
+    explicit = vars(parser.parse_args(argv))
+    presets = [PRESETS[name] for name in explicit.pop("configs")]
+    task = explicit.get("task") or next(
+        (p["task"] for p in reversed(presets) if "task" in p), DEFAULTS["task"])
+    suite = SUITES.get(task.split("_", 1)[0], {})
+    config = {**DEFAULTS, **suite}
+    for preset in presets:
+        config.update(preset)
+    config.update(explicit)
+    config = argparse.Namespace(**config)
+    try:
+        wrappers.check_task(config.task)
+        check_values(config)
+    except ValueError as e:
+        parser.error(str(e))
+    return config
+
+
+def check_values(config: argparse.Namespace) -> None:
+    positive = ("steps", "envs", "action_repeat", "time_limit", "batch_size",
+                "batch_length", "horizon", "deter_size", "stoch_size", "num_units",
+                "cnn_depth", "train_every", "eval_every", "log_every")
+    for key in positive:
+        if getattr(config, key) <= 0:
+            raise ValueError(f"--{key} must be positive, got {getattr(config, key)}")
+    if config.batch_length < 2:
+        raise ValueError("--batch_length must be at least 2")
+    if not 0 <= config.disclam <= 1 or not 0 < config.discount <= 1:
+        raise ValueError("--disclam must be in [0, 1] and --discount in (0, 1]")
+
+
+# The agent.
+
+
+class Optimizer:
+    """Adam over the trainable variables of some models only; clips the
+    global gradient norm and skips steps whose gradients are not finite."""
+
+    def __init__(self, name: str, parts: list, lr: float, eps: float, clip: float):
+        self._name, self._parts, self._clip = name, parts, clip
+        self.adam = keras.optimizers.Adam(lr, epsilon=eps, name=name)
+        self.adam.build(self.variables)
+
+    @property
+    def variables(self) -> list:
+        return [v for part in self._parts for v in part.trainable_variables]
+
+    def _apply(self, grads, variables) -> None:
+        self.adam.apply(grads, variables)
+
+    def __call__(self, tape: tf.GradientTape, loss) -> dict:
+        variables = self.variables
+        grads = tape.gradient(loss, variables)
+        grads, norm = tf.clip_by_global_norm(grads, self._clip)
+        finite = tf.math.is_finite(norm)
+        tf.cond(finite, lambda: self._apply(grads, variables), lambda: None)
+        return {f"{self._name}_grad_norm": norm,
+                f"{self._name}_nonfinite": 1.0 - tf.cast(finite, tf.float32)}
+
+
+class Dreamer:
+    def __init__(self, config: argparse.Namespace, obs_space: dict, act_space: dict):
+        self.config = c = config
+        self._act_space = act_space
+        size = act_space["shape"][0]
+        self.encoder = models.ConvEncoder(c.cnn_depth)
+        self.rssm = models.RSSM(c.stoch_size, c.deter_size, c.deter_size)
+        self.decoder = models.ConvDecoder(c.cnn_depth, shape=obs_space["image"][0])
+        self.reward = models.DenseHead((), 2, c.num_units)
+        self.pcont = models.DenseHead((), 3, c.num_units, dist="binary") if c.pcont else None
+        self.value = models.DenseHead((), 3, c.num_units)
+        self.actor = models.Actor(size, 4, c.num_units, dist=c.action_dist,
+                                  init_std=c.action_init_std)
+        self._build(obs_space, size)
+        world = [self.encoder, self.rssm, self.decoder, self.reward] + (
+            [self.pcont] if self.pcont else [])
+        self.model_opt = Optimizer("model", world, c.model_lr, c.adam_eps, c.grad_clip)
+        self.value_opt = Optimizer("value", [self.value], c.value_lr, c.adam_eps, c.grad_clip)
+        self.actor_opt = Optimizer("actor", [self.actor], c.actor_lr, c.adam_eps, c.grad_clip)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        modules = dict(encoder=self.encoder, rssm=self.rssm, decoder=self.decoder,
+                       reward=self.reward, value=self.value, actor=self.actor)
+        if self.pcont:
+            modules["pcont"] = self.pcont
+        self.checkpoint = tf.train.Checkpoint(
+            **modules, model_opt=self.model_opt.adam, value_opt=self.value_opt.adam,
+            actor_opt=self.actor_opt.adam, step=self.step)
+        self.train = tf.function(self._train, jit_compile=c.jit)
+        self._policy = tf.function(self._policy_step, jit_compile=c.jit,
+                                   reduce_retracing=True)
+
+    def _build(self, obs_space: dict, size: int) -> None:
+        """Creates every variable up front, so optimizers and checkpoints see them."""
+        image = tf.zeros((1, 1) + tuple(obs_space["image"][0]), tf.uint8)
+        post, _ = self.rssm.observe(self.encoder(image), tf.zeros((1, 1, size)))
+        feat = self.rssm.get_feat(post)
+        for head in (self.decoder, self.reward, self.value, self.actor, self.pcont):
+            if head is not None:
+                head(feat)
+
+    # Learning (PAPER: world model, then behavior in imagination).
+
+    def _train(self, data: dict) -> dict:
+        c = self.config
+        reward = tf.tanh(data["reward"]) if c.clip_rewards == "tanh" else data["reward"]
+        with tf.GradientTape() as model_tape:
+            embed = self.encoder(data["image"])
+            post, prior = self.rssm.observe(embed, data["action"])
+            feat = self.rssm.get_feat(post)
+            likes = dict(
+                image=self.decoder(feat).log_prob(models.preprocess(data["image"])),
+                reward=self.reward(feat).log_prob(reward))
+            if self.pcont:
+                target = c.discount * data["discount"]
+                likes["pcont"] = c.pcont_scale * self.pcont(feat).log_prob(target)
+            likes = {k: tf.reduce_mean(v) for k, v in likes.items()}
+            div, div_loss = self.rssm.kl_loss(post, prior, c.free_nats)
+            model_loss = c.kl_scale * div_loss - sum(likes.values())
+        with tf.GradientTape() as actor_tape:
+            imag_feat = self.imagine_ahead(post)
+            returns, weights = self.imagined_returns(imag_feat)
+            actor_loss = -tf.reduce_mean(weights * returns)
+        with tf.GradientTape() as value_tape:
+            value_pred = self.value(tf.stop_gradient(imag_feat)[:-1])
+            target = tf.stop_gradient(returns)
+            value_loss = -tf.reduce_mean(weights * value_pred.log_prob(target))
+        metrics = dict(model_loss=model_loss, div=div, actor_loss=actor_loss,
+                       value_loss=value_loss,
+                       prior_ent=tf.reduce_mean(self.rssm.get_dist(prior).entropy()),
+                       post_ent=tf.reduce_mean(self.rssm.get_dist(post).entropy()),
+                       imag_value=tf.reduce_mean(value_pred.mean()),
+                       imag_return=tf.reduce_mean(returns))
+        metrics.update({f"{k}_loss": -v for k, v in likes.items()})
+        metrics.update(self.model_opt(model_tape, model_loss))
+        metrics.update(self.actor_opt(actor_tape, actor_loss))
+        metrics.update(self.value_opt(value_tape, value_loss))
+        metrics.update(self._actor_stats(feat))
+        return metrics
+
+    def imagine_ahead(self, post: dict):
+        """H prior steps from every posterior state, actions from the actor;
+        returns imagined features, time-major (H, B*T, feat)."""
+        if self.pcont:  # The last step could be terminal.
+            post = {k: v[:, :-1] for k, v in post.items()}
+        start = {k: tf.stop_gradient(tf.reshape(v, [-1, v.shape[-1]]))
+                 for k, v in post.items()}
+
+        def step(prev, _):
+            action = self.actor(tf.stop_gradient(self.rssm.get_feat(prev))).sample()
+            return self.rssm.img_step(prev, action)
+
+        states = tools.static_scan(step, tf.range(self.config.horizon), start)
+        return self.rssm.get_feat(states)
+
+    def imagined_returns(self, imag_feat):
+        """Lambda-returns of an imagined trajectory and the weights w_t: the
+        stop-gradient cumulative product of discounts (time-major, H - 1)."""
+        c = self.config
+        reward = self.reward(imag_feat).mode()
+        value = self.value(imag_feat).mode()
+        if self.pcont:
+            pcont = self.pcont(imag_feat).mean()
+        else:
+            pcont = c.discount * tf.ones_like(reward)
+        returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1],
+                                      c.disclam)
+        weights = tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0)
+        return returns, tf.stop_gradient(weights)
+
+    def _actor_stats(self, feat) -> dict:
+        dist = self.actor(tf.stop_gradient(feat))
+        stats = dict(actor_ent=tf.reduce_mean(dist.entropy()))
+        if self.config.action_dist == "tanh_normal":
+            saturated = tf.abs(dist.sample()) > 0.99
+            stats["action_saturation"] = tf.reduce_mean(tf.cast(saturated, tf.float32))
+        return stats
+
+    # Acting.
+
+    def policy(self, obs: dict, state, reset: np.ndarray, training: bool, step: int):
+        """Batched over environments; the latent state is zeroed where an
+        episode restarts. Returns numpy actions and the new state."""
+        if state is None:
+            latent = self.rssm.initial(len(reset))
+            state = (latent, tf.zeros((len(reset),) + self._act_space["shape"]))
+        amount = self.exploration(step) if training else 0.0
+        action, latent = self._policy(
+            tf.constant(obs["image"]), state[0], state[1],
+            tf.constant(reset, tf.float32), training, tf.constant(amount, tf.float32))
+        return action.numpy(), (latent, action)
+
+    def _policy_step(self, image, latent, action, reset, training, amount):
+        mask = 1.0 - reset[:, None]
+        latent = {k: v * mask for k, v in latent.items()}
+        latent, _ = self.rssm.obs_step(latent, action * mask, self.encoder(image))
+        dist = self.actor(self.rssm.get_feat(latent))
+        action = dist.sample() if training else dist.mode()
+        return self.explore(action, amount), latent
+
+    def exploration(self, step: int) -> float:
+        c = self.config
+        return tools.schedule(step, c.expl_amount, c.expl_decay, c.expl_min)
+
+    def explore(self, action, amount):
+        expl = self.config.expl
+        if expl == "additive_gaussian":
+            return tf.clip_by_value(action + amount * tf.random.normal(tf.shape(action)),
+                                    -1, 1)
+        if expl == "epsilon_greedy":
+            random_action = random_actions(tf.shape(action)[0], action.shape[-1], True)
+            pick = tf.random.uniform(tf.shape(action)[:1]) < amount
+            return tf.where(pick[:, None], random_action, action)
+        if expl == "completely_random":
+            return random_actions(tf.shape(action)[0], action.shape[-1],
+                                  self._act_space["discrete"])
+        return action
+
+
+def random_actions(batch, size: int, discrete: bool):
+    if discrete:
+        return tf.one_hot(tf.random.uniform([batch], 0, size, tf.int32), size)
+    return tf.random.uniform([batch, size], -1, 1)
+
+
+# Collecting experience.
+
+
+class Driver:
+    """Steps a batch of environment workers with a policy and records
+    episodes: the first step holds the reset observation with zero action and
+    reward; action[t] is the action that led to obs[t]."""
+
+    def __init__(self, envs: list, on_episode):
+        self._envs = envs
+        self._on_episode = on_episode
+        self._obs = [None] * len(envs)
+        self._episodes = [None] * len(envs)
+        self._state = None
+        self._zero = np.zeros(envs[0].act_space["shape"], np.float32)
+
+    def reset_state(self) -> None:
+        self._state = None
+
+    def __call__(self, policy, steps: int) -> int:
+        """Runs at least `steps` agent steps per batch; returns agent steps."""
+        done_steps = 0
+        while done_steps < steps:
+            reset = np.array([obs is None for obs in self._obs], np.float32)
+            promises = [env.reset_async() if obs is None else None
+                        for env, obs in zip(self._envs, self._obs)]
+            for i, promise in enumerate(promises):
+                if promise:
+                    self._obs[i] = promise()
+                    self._episodes[i] = [self._transition(self._obs[i], self._zero, 1.0)]
+            obs = {k: np.stack([o[k] for o in self._obs]) for k in self._obs[0]}
+            action, self._state = policy(obs, self._state, reset)
+            promises = [env.step_async(a) for env, a in zip(self._envs, action)]
+            for i, promise in enumerate(promises):
+                obs, _, done, info = promise()
+                self._episodes[i].append(self._transition(obs, action[i], info["discount"]))
+                self._obs[i] = obs
+                if done:
+                    episode = {k: np.stack([t[k] for t in self._episodes[i]])
+                               for k in self._episodes[i][0]}
+                    self._on_episode(episode)
+                    self._obs[i] = self._episodes[i] = None
+            done_steps += len(self._envs)
+        return done_steps
+
+    @staticmethod
+    def _transition(obs: dict, action, discount) -> dict:
+        return {**obs, "action": np.asarray(action, np.float32),
+                "discount": np.float32(discount)}
+
+
+# The run.
+
+
+def lock_logdir(logdir: pathlib.Path):
+    """An exclusive lock, so that two runs never write into one logdir."""
+    handle = open(logdir / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"dreamer.py: error: {logdir} is in use by another run", file=sys.stderr)
+        sys.exit(2)
+    return handle
+
+
+def prepare_logdir(config: argparse.Namespace) -> pathlib.Path:
+    logdir = pathlib.Path(config.logdir).expanduser()
+    try:
+        (logdir / "episodes").mkdir(parents=True, exist_ok=True)
+        probe = logdir / f".probe-{uuid.uuid4().hex}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        print(f"dreamer.py: error: cannot write to {logdir}: {e.strerror}", file=sys.stderr)
+        sys.exit(2)
+    return logdir
+
+
+def save_checkpoint(agent: Dreamer, directory: pathlib.Path, step: int, keep: int = 2):
+    """checkpoint/<step>/: written under a temporary name, then renamed."""
+    agent.step.assign(step)
+    tmp = directory / f".tmp-{uuid.uuid4().hex}"
+    agent.checkpoint.write(str(tmp / "ckpt"))
+    target = directory / f"{step:012d}"
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    for old in sorted(directory.glob("[0-9]*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_checkpoint(agent: Dreamer, directory: pathlib.Path) -> bool:
+    """Loads the newest checkpoint that reads completely; older ones are the
+    fallback for one that is damaged."""
+    for path in sorted(directory.glob("[0-9]*"), reverse=True):
+        try:
+            agent.checkpoint.read(str(path / "ckpt")).assert_existing_objects_matched()
+            return True
+        except Exception as e:  # A damaged checkpoint must not stop the run.
+            print(f"Skipping unreadable checkpoint {path.name}: {type(e).__name__}",
+                  file=sys.stderr)
+    return False
+
+
+def make_envs(config: argparse.Namespace, count: int, seed: int) -> list:
+    ctor = functools.partial(
+        wrappers.make_env, config.task, config.action_repeat, config.time_limit,
+        render_fast=config.render_fast, grayscale=config.grayscale)
+    return [wrappers.Parallel(functools.partial(ctor, seed=seed + i), )
+            for i in range(count)]
+
+
+def set_precision(precision: int) -> None:
+    # bfloat16 on CPUs (AVX512-BF16 / AMX); variables stay float32.
+    policy = "mixed_bfloat16" if precision == 16 else "float32"
+    keras.mixed_precision.set_dtype_policy(policy)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(argv)
+    logdir = prepare_logdir(config)
+    lock = lock_logdir(logdir)  # noqa: F841 (held until exit)
+    tools.atomic_write(logdir / "config.yaml",
+                       yaml.safe_dump(vars(config), sort_keys=False).encode())
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    tf.random.set_seed(config.seed)
+    set_precision(config.precision)
+
+    train_envs = make_envs(config, config.envs, config.seed)
+    test_envs = make_envs(config, 1, config.seed + 1000)
+    try:
+        run(config, logdir, train_envs, test_envs)
+    finally:
+        for env in train_envs + test_envs:
+            env.close()
+
+
+def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None:
+    logger = tools.Logger(logdir)
+    replay = tools.Replay(logdir / "episodes", config.replay_cache, config.seed)
+    step = replay.steps * config.action_repeat
+    print(f"Logdir {logdir}: {replay.episodes} episodes, {step} env steps stored.")
+
+    def on_train_episode(episode):
+        replay.add(tools.save_episode(logdir / "episodes", episode), episode)
+        logger.scalar("train/return", episode["reward"].sum())
+        logger.scalar("train/length", (len(episode["reward"]) - 1) * config.action_repeat)
+
+    def on_test_episode(episode):
+        logger.scalar("test/return", episode["reward"].sum())
+        logger.scalar("test/length", (len(episode["reward"]) - 1) * config.action_repeat)
+
+    act_space = train_envs[0].act_space
+    obs_space = train_envs[0].obs_space
+    train_driver = Driver(train_envs, on_train_episode)
+    test_driver = Driver(test_envs, on_test_episode)
+
+    if step < config.prefill:
+        print(f"Prefill with random actions to {config.prefill} env steps.")
+        discrete = act_space["discrete"]
+        size = act_space["shape"][0]
+
+        def random_policy(obs, state, reset):
+            return random_actions(len(reset), size, discrete).numpy(), None
+
+        steps = -(-(config.prefill - step) // config.action_repeat)
+        step += train_driver(random_policy, steps) * config.action_repeat
+        while not replay.episodes:  # Training needs one finished episode.
+            step += train_driver(random_policy, 1) * config.action_repeat
+        logger.write(step)
+
+    agent = Dreamer(config, obs_space, act_space)
+    checkpoints = logdir / "checkpoint"
+    checkpoints.mkdir(exist_ok=True)
+    spec = {**obs_space, "action": (act_space["shape"], np.float32),
+            "discount": ((), np.float32)}
+    dataset = iter(tools.make_dataset(replay, spec, config.batch_size, config.batch_length))
+
+    def train(steps):
+        for _ in range(steps):
+            for name, value in agent.train(next(dataset)).items():
+                logger.scalar(f"train/{name}", value)
+
+    if restore_checkpoint(agent, checkpoints):
+        print(f"Resumed from checkpoint at step {int(agent.step.numpy())}.")
+    else:
+        print(f"Pretrain for {config.pretrain} gradient steps.")
+        train(config.pretrain)
+
+    def policy(training):
+        return lambda obs, state, reset: agent.policy(obs, state, reset, training, step)
+
+    should_eval = tools.Every(config.eval_every)
+    should_log = tools.Every(config.log_every)
+    last_time, last_step = time.time(), step
+    while True:
+        if should_eval(step) or step >= config.steps:
+            test_driver.reset_state()
+            test_driver(policy(False), 1)
+            while test_driver._obs[0] is not None:
+                test_driver(policy(False), 1)
+            save_checkpoint(agent, checkpoints, step)
+            logger.write(step)
+        if step >= config.steps:
+            break
+        frames = min(config.train_every, config.steps - step)
+        step += train_driver(policy(True), -(-frames // config.action_repeat)) * (
+            config.action_repeat)
+        train(config.train_steps)
+        if should_log(step):
+            now = time.time()
+            logger.scalar("fps", (step - last_step) / (now - last_time))
+            last_time, last_step = now, step
+            logger.write(step)
+    print(f"Done: {step} env steps in {logdir}.")
+
+
+if __name__ == "__main__":
+    main()

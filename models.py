@@ -1,0 +1,198 @@
+"""Keras 3 models of Dreamer: RSSM, conv encoder and decoder, dense heads, actor.
+
+Tensors are batch-major (batch, time, ...) unless a docstring says otherwise.
+Layers compute in the global Keras dtype policy (bfloat16 or float16 under
+mixed precision); every distribution is built from float32 tensors.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import tools
+
+tfd = tfp.distributions
+f32 = tf.float32
+
+
+def dense(units: int, act: str | None = None, name: str | None = None):
+    return keras.layers.Dense(units, activation=act, name=name)
+
+
+class RSSM(keras.layers.Layer):
+    """Recurrent state-space model: state = (deter h_t, stoch z_t)."""
+
+    def __init__(self, stoch: int = 30, deter: int = 200, hidden: int = 200, act="elu"):
+        super().__init__()
+        self._stoch, self._deter = stoch, deter
+        self.img_in = dense(hidden, act, "img_in")
+        self.cell = keras.layers.GRUCell(deter, name="gru")
+        self.img_out = dense(hidden, act, "img_out")
+        self.img_dist = dense(2 * stoch, None, "img_dist")
+        self.obs_out = dense(hidden, act, "obs_out")
+        self.obs_dist = dense(2 * stoch, None, "obs_dist")
+
+    def initial(self, batch_size: int) -> dict:
+        zeros = lambda n: tf.zeros([batch_size, n], f32)  # noqa: E731
+        return dict(mean=zeros(self._stoch), std=zeros(self._stoch),
+                    stoch=zeros(self._stoch), deter=zeros(self._deter))
+
+    def observe(self, embed, action, state: dict | None = None):
+        """Posterior and prior states for a batch of sequences; action[t] is
+        the action that led to the observation embedded in embed[t]."""
+        if state is None:
+            state = self.initial(tf.shape(action)[0])
+        swap = lambda x: tf.experimental.numpy.swapaxes(x, 0, 1)  # noqa: E731
+        post, prior = tools.static_scan(
+            lambda prev, inputs: self.obs_step(prev[0], *inputs),
+            (swap(action), swap(embed)), (state, state))
+        return tf.nest.map_structure(swap, post), tf.nest.map_structure(swap, prior)
+
+    def imagine(self, action, state: dict | None = None) -> dict:
+        """Prior states from recorded actions alone (open loop)."""
+        if state is None:
+            state = self.initial(tf.shape(action)[0])
+        swap = lambda x: tf.experimental.numpy.swapaxes(x, 0, 1)  # noqa: E731
+        prior = tools.static_scan(self.img_step, swap(action), state)
+        return tf.nest.map_structure(swap, prior)
+
+    def obs_step(self, prev_state: dict, prev_action, embed):
+        """Posterior q(z_t | h_t, o_t) on top of the prior step."""
+        prior = self.img_step(prev_state, prev_action)
+        x = tf.concat([prior["deter"], tf.cast(embed, f32)], -1)
+        stats = self.obs_dist(self.obs_out(x))
+        return self._state(stats, prior["deter"]), prior
+
+    def img_step(self, prev_state: dict, prev_action) -> dict:
+        """Prior p(z_t | h_t), h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1})."""
+        x = tf.concat([prev_state["stoch"], tf.cast(prev_action, f32)], -1)
+        x = self.img_in(x)
+        deter, _ = self.cell(x, [prev_state["deter"]])
+        stats = self.img_dist(self.img_out(deter))
+        return self._state(stats, tf.cast(deter, f32))
+
+    def _state(self, stats, deter) -> dict:
+        mean, std = tf.split(tf.cast(stats, f32), 2, -1)
+        std = tf.nn.softplus(std) + 0.1
+        stoch = mean + std * tf.random.normal(tf.shape(mean))
+        return dict(mean=mean, std=std, stoch=stoch, deter=deter)
+
+    def get_feat(self, state: dict):
+        return tf.concat([state["stoch"], state["deter"]], -1)
+
+    def get_dist(self, state: dict) -> tfd.Distribution:
+        return tfd.Independent(tfd.Normal(state["mean"], state["std"]), 1)
+
+    def kl_loss(self, post: dict, prior: dict, free_nats: float):
+        """Mean KL(post || prior) over batch and time, and its value clipped
+        from below at free_nats (the part that enters the loss)."""
+        div = tf.reduce_mean(tfd.kl_divergence(self.get_dist(post), self.get_dist(prior)))
+        return div, tf.maximum(div, free_nats)
+
+
+class ConvEncoder(keras.layers.Layer):
+    """64x64x3 uint8 images -> 1024 features (four k4 s2 valid convs)."""
+
+    def __init__(self, depth: int = 32, act="relu"):
+        super().__init__()
+        self.convs = [keras.layers.Conv2D(m * depth, 4, 2, activation=act)
+                      for m in (1, 2, 4, 8)]
+
+    def call(self, image):
+        x = preprocess(image, self.compute_dtype)
+        shape = tf.shape(x)
+        x = tf.reshape(x, tf.concat([[-1], shape[-3:]], 0))
+        for conv in self.convs:
+            x = conv(x)
+        return tf.reshape(x, tf.concat([shape[:-3], [np.prod(x.shape[1:])]], 0))
+
+
+class ConvDecoder(keras.layers.Layer):
+    """Feature -> Normal(mean image, 1) over 64x64x3 (PAPER: decoder)."""
+
+    def __init__(self, depth: int = 32, act="relu", shape=(64, 64, 3)):
+        super().__init__()
+        self._shape = tuple(shape)
+        self.linear = dense(32 * depth, None, "linear")
+        self.deconvs = [
+            keras.layers.Conv2DTranspose(4 * depth, 5, 2, activation=act),
+            keras.layers.Conv2DTranspose(2 * depth, 5, 2, activation=act),
+            keras.layers.Conv2DTranspose(depth, 6, 2, activation=act),
+            keras.layers.Conv2DTranspose(shape[-1], 6, 2),
+        ]
+
+    def call(self, feat) -> tfd.Distribution:
+        batch = tf.shape(feat)[:-1]
+        x = tf.reshape(self.linear(feat), [-1, 1, 1, self.linear.units])
+        for deconv in self.deconvs:
+            x = deconv(x)
+        mean = tf.reshape(tf.cast(x, f32), tf.concat([batch, self._shape], 0))
+        return tfd.Independent(tfd.Normal(mean, 1.0), len(self._shape))
+
+
+class DenseHead(keras.layers.Layer):
+    """MLP on the feature: Normal(mean, 1) or Bernoulli."""
+
+    def __init__(self, shape=(), layers: int = 2, units: int = 400, act="elu",
+                 dist: str = "normal"):
+        super().__init__()
+        self._shape, self._dist = tuple(shape), dist
+        self.hidden = [dense(units, act) for _ in range(layers)]
+        self.out = dense(int(np.prod(self._shape)))
+
+    def call(self, feat) -> tfd.Distribution:
+        x = feat
+        for layer in self.hidden:
+            x = layer(x)
+        x = tf.cast(self.out(x), f32)
+        x = tf.reshape(x, tf.concat([tf.shape(feat)[:-1], self._shape], 0))
+        if self._dist == "normal":
+            return tfd.Independent(tfd.Normal(x, 1.0), len(self._shape))
+        if self._dist == "binary":
+            return tfd.Independent(tfd.Bernoulli(logits=x, dtype=f32), len(self._shape))
+        raise ValueError(f"Unknown head distribution '{self._dist}'.")
+
+
+class Actor(keras.layers.Layer):
+    """Action model: tanh-transformed Normal (continuous) or one-hot
+    categorical with straight-through samples (discrete)."""
+
+    def __init__(self, size: int, layers: int = 4, units: int = 400, act="elu",
+                 dist: str = "tanh_normal", init_std: float = 5.0,
+                 min_std: float = 1e-4, mean_scale: float = 5.0):
+        super().__init__()
+        self._size, self._dist = size, dist
+        self._init_std, self._min_std, self._mean_scale = init_std, min_std, mean_scale
+        self.hidden = [dense(units, act) for _ in range(layers)]
+        out = 2 * size if dist == "tanh_normal" else size
+        self.out = dense(out)
+
+    def call(self, feat):
+        x = feat
+        for layer in self.hidden:
+            x = layer(x)
+        x = tf.cast(self.out(x), f32)
+        if self._dist == "tanh_normal":
+            return tanh_normal(x, self._init_std, self._min_std, self._mean_scale)
+        if self._dist == "onehot":
+            return tools.OneHotDist(logits=x)
+        raise ValueError(f"Unknown action distribution '{self._dist}'.")
+
+
+def tanh_normal(x, init_std: float, min_std: float, mean_scale: float) -> tools.SampleDist:
+    """Mean squashed to +-mean_scale and std offset so that the initial std is
+    init_std: both keep the tanh away from saturation early in training."""
+    mean, std = tf.split(x, 2, -1)
+    mean = mean_scale * tf.tanh(mean / mean_scale)
+    raw_init_std = np.log(np.exp(init_std) - 1)
+    std = tf.nn.softplus(std + raw_init_std) + min_std
+    # Tanh outside Independent: the bijector then caches the pre-image of its
+    # samples, so log_prob of a saturated sample (|a| = 1 in float32) stays finite.
+    dist = tfd.Independent(tfd.Normal(mean, std), 1)
+    return tools.SampleDist(tfd.TransformedDistribution(dist, tfp.bijectors.Tanh()))
+
+
+def preprocess(image, dtype="float32"):
+    """uint8 pixels -> [-0.5, 0.5]: the only place images are scaled."""
+    return tf.cast(tf.cast(image, f32) / 255.0 - 0.5, dtype)

@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import models
+import tools
+
+
+def actor_dist(mean_raw, std_raw, init_std=5.0):
+    x = tf.concat([tf.constant(mean_raw, tf.float32), tf.constant(std_raw, tf.float32)], -1)
+    return models.tanh_normal(x, init_std, 1e-4, 5.0)
+
+
+def test_tanh_normal_log_prob_is_change_of_variables():
+    mean_raw = np.array([[0.3, -1.0], [2.0, 0.1]])
+    std_raw = np.array([[0.0, 0.5], [-1.0, 0.2]])
+    dist = actor_dist(mean_raw, std_raw)
+    action = np.array([[0.5, -0.2], [0.9, 0.0]])
+    mean = 5 * np.tanh(mean_raw / 5)
+    std = np.log1p(np.exp(std_raw + np.log(np.exp(5.0) - 1))) + 1e-4
+    x = np.arctanh(action)
+    normal = -0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
+    want = (normal - np.log(1 - action ** 2)).sum(-1)
+    got = dist.log_prob(tf.constant(action, tf.float32)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_tanh_normal_mode_per_batch_element():
+    tf.random.set_seed(0)
+    # Two batch elements with opposite means and a small std: a mode picked
+    # over the whole batch instead of per element would give one sign to both.
+    mean_raw = np.array([[1.0, -0.5], [-1.0, 0.5]])
+    dist = actor_dist(mean_raw, np.full((2, 2), -30.0), init_std=0.05)
+    mode = dist.mode().numpy()
+    assert mode.shape == (2, 2)
+    np.testing.assert_allclose(mode, np.tanh(5 * np.tanh(mean_raw / 5)), atol=0.05)
+    entropy = dist.entropy().numpy()
+    assert entropy.shape == (2,) and np.isfinite(entropy).all()
+
+
+def test_saturated_samples_have_finite_log_prob():
+    dist = actor_dist(np.zeros((64, 6)), np.zeros((64, 6)))  # std 5: many |a| = 1.
+    sample = dist.sample(10)
+    assert np.isfinite(dist.log_prob(sample).numpy()).all()
+
+
+def test_onehot_straight_through():
+    logits = tf.Variable([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]])
+    weights = tf.constant([1.0, 2.0, 3.0])
+    with tf.GradientTape() as tape:
+        sample = tools.OneHotDist(logits=logits).sample()
+        loss = tf.reduce_sum(sample * weights)
+    sample = sample.numpy()
+    np.testing.assert_array_equal(sample.sum(-1), [1, 1])
+    assert set(np.unique(sample)) <= {0.0, 1.0}
+    grad = tape.gradient(loss, logits).numpy()
+    assert np.abs(grad).sum() > 0
+    mode = tools.OneHotDist(logits=logits).mode().numpy()
+    np.testing.assert_array_equal(mode[0], [0, 0, 1])
+
+
+@pytest.fixture(scope="module")
+def rssm():
+    layer = models.RSSM(stoch=5, deter=7, hidden=9)
+    return layer
+
+
+def test_rssm_shapes(rssm):
+    batch, time, embed_size, action_size = 3, 4, 11, 2
+    embed = tf.random.normal((batch, time, embed_size))
+    action = tf.random.normal((batch, time, action_size))
+    post, prior = rssm.observe(embed, action)
+    for state in (post, prior):
+        assert state["stoch"].shape == (batch, time, 5)
+        assert state["mean"].shape == (batch, time, 5)
+        assert state["deter"].shape == (batch, time, 7)
+        assert (state["std"].numpy() > 0.1).all()
+    assert rssm.get_feat(post).shape == (batch, time, 12)
+    imagined = rssm.imagine(action)
+    assert imagined["stoch"].shape == (batch, time, 5)
+    state = rssm.initial(batch)
+    post_step, prior_step = rssm.obs_step(state, action[:, 0], embed[:, 0])
+    assert post_step["deter"].shape == (batch, 7)
+    # Posterior and prior share the deterministic state of a step.
+    np.testing.assert_allclose(post_step["deter"], prior_step["deter"])
+    assert rssm.img_step(state, action[:, 0])["stoch"].shape == (batch, 5)
+
+
+def test_kl_with_free_nats(rssm):
+    zeros, ones = tf.zeros((2, 3, 5)), tf.ones((2, 3, 5))
+    post = dict(mean=zeros, std=ones, stoch=zeros, deter=tf.zeros((2, 3, 7)))
+    prior = dict(mean=ones, std=ones, stoch=zeros, deter=tf.zeros((2, 3, 7)))
+    div, loss = rssm.kl_loss(post, prior, free_nats=3.0)
+    assert float(div) == pytest.approx(2.5)  # 5 dims x (1 - 0)^2 / 2.
+    assert float(loss) == pytest.approx(3.0)  # Clipped from below.
+    prior["mean"] = 2 * ones
+    div, loss = rssm.kl_loss(post, prior, free_nats=3.0)
+    assert float(div) == pytest.approx(10.0) and float(loss) == pytest.approx(10.0)
+
+
+def test_encoder_decoder_shapes():
+    encoder, decoder = models.ConvEncoder(4), models.ConvDecoder(4)
+    image = tf.zeros((2, 3, 64, 64, 3), tf.uint8)
+    embed = encoder(image)
+    assert embed.shape == (2, 3, 32 * 4)
+    dist = decoder(tf.zeros((2, 3, 10)))
+    assert dist.mean().shape == (2, 3, 64, 64, 3)
+    assert dist.log_prob(tf.zeros((2, 3, 64, 64, 3))).shape == (2, 3)

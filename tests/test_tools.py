@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tools
+
+
+def loop_lambda_return(reward, value, pcont, bootstrap, lam):
+    """The recursion of PAPER.md written out plainly, for one sequence."""
+    horizon = len(reward)
+    returns = np.zeros(horizon)
+    next_return = bootstrap
+    for t in reversed(range(horizon)):
+        next_value = value[t + 1] if t + 1 < horizon else bootstrap
+        returns[t] = reward[t] + pcont[t] * ((1 - lam) * next_value + lam * next_return)
+        next_return = returns[t]
+    return returns
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.95, 1.0])
+@pytest.mark.parametrize("per_step", [False, True])
+def test_lambda_return_matches_loop(lam, per_step):
+    rng = np.random.default_rng(0)
+    horizon, batch = 7, 3
+    reward = rng.normal(size=(horizon, batch))
+    value = rng.normal(size=(horizon, batch))
+    bootstrap = rng.normal(size=batch)
+    pcont = rng.uniform(0.5, 1.0, (horizon, batch)) if per_step else np.full((horizon, batch), 0.99)
+    got = tools.lambda_return(
+        tf.constant(reward), tf.constant(value),
+        tf.constant(pcont) if per_step else 0.99, tf.constant(bootstrap), lam).numpy()
+    for b in range(batch):
+        want = loop_lambda_return(reward[:, b], value[:, b], pcont[:, b], bootstrap[b], lam)
+        np.testing.assert_allclose(got[:, b], want, rtol=1e-10)
+
+
+def test_lambda_return_special_cases():
+    reward = np.array([1.0, 2.0, 3.0])
+    value = np.array([10.0, 20.0, 30.0])
+    bootstrap = np.array(40.0)
+    td = tools.lambda_return(reward, value, 0.5, bootstrap, 0.0).numpy()
+    np.testing.assert_allclose(td, [1 + 0.5 * 20, 2 + 0.5 * 30, 3 + 0.5 * 40])
+    mc = tools.lambda_return(reward, value, 0.5, bootstrap, 1.0).numpy()
+    np.testing.assert_allclose(mc[0], 1 + 0.5 * 2 + 0.25 * 3 + 0.125 * 40)
+
+
+def make_episode(length, tag):
+    """length transitions plus the reset step; every field tagged."""
+    steps = length + 1
+    return dict(
+        image=np.full((steps, 64, 64, 3), tag, np.uint8),
+        action=np.full((steps, 2), tag, np.float32),
+        reward=np.arange(steps, dtype=np.float32) + 1000 * tag,
+        discount=np.ones(steps, np.float32))
+
+
+def test_save_and_load_episode(tmp_path):
+    episode = make_episode(20, 3)
+    path = tools.save_episode(tmp_path, episode)
+    assert path.name.endswith("-20.npz")
+    assert tools.list_episodes(tmp_path) == [path]
+    assert not list(tmp_path.glob(".*"))  # No temporary file left.
+    loaded = tools.load_episode(path)
+    assert loaded.keys() == episode.keys()
+    for key in episode:
+        np.testing.assert_array_equal(loaded[key], episode[key])
+        assert loaded[key].dtype == episode[key].dtype
+
+
+def test_replay_chunks_stay_in_one_episode(tmp_path):
+    for tag, length in enumerate([5, 12, 30]):
+        tools.save_episode(tmp_path, make_episode(length, tag + 1))
+    replay = tools.Replay(tmp_path, cache=1, seed=1)
+    assert replay.episodes == 3 and replay.steps == 47
+    seen = set()
+    for _ in range(200):
+        chunk = replay.sample(8)
+        assert chunk["reward"].shape == (8,) and chunk["image"].shape == (8, 64, 64, 3)
+        tag = int(chunk["reward"][0] // 1000)
+        seen.add(tag)
+        # One episode: one tag everywhere and consecutive steps.
+        assert (chunk["image"] == tag).all() and (chunk["action"] == tag).all()
+        np.testing.assert_array_equal(np.diff(chunk["reward"]), 1)
+    assert seen == {2, 3}  # The 5-step episode is too short for 8 steps.
+    assert len(replay._cache) <= 1
+
+
+def test_replay_skips_corrupt_files(tmp_path, capsys):
+    good = tools.save_episode(tmp_path, make_episode(10, 1))
+    bad = tmp_path / "20200101T000000-deadbeef-10.npz"
+    bad.write_bytes(good.read_bytes()[:100])  # Truncated.
+    replay = tools.Replay(tmp_path, cache=0)
+    for _ in range(20):
+        assert replay.sample(5)["action"][0, 0] == 1
+    assert bad.name in capsys.readouterr().err
+    assert replay.episodes == 1 and bad.exists()  # Reported, never deleted.
+
+
+def test_dataset_batches(tmp_path):
+    tools.save_episode(tmp_path, make_episode(15, 1))
+    replay = tools.Replay(tmp_path, cache=10)
+    spec = {"image": ((64, 64, 3), np.uint8), "reward": ((), np.float32),
+            "action": ((2,), np.float32), "discount": ((), np.float32)}
+    batch = next(iter(tools.make_dataset(replay, spec, 3, 6)))
+    assert batch["image"].shape == (3, 6, 64, 64, 3) and batch["image"].dtype == tf.uint8
+    assert batch["action"].shape == (3, 6, 2)
+
+
+def test_schedule_and_every():
+    assert tools.schedule(0, 0.4, 200000, 0.1) == pytest.approx(0.4)
+    assert tools.schedule(100000, 0.4, 200000, 0.1) == pytest.approx(0.25)
+    assert tools.schedule(1e6, 0.4, 200000, 0.1) == pytest.approx(0.1)
+    assert tools.schedule(1e6, 0.3, 0, 0.0) == 0.3
+    every = tools.Every(100)
+    assert [every(s) for s in (0, 50, 100, 150, 420, 450, 500)] == [
+        True, False, True, False, True, False, True]

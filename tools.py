@@ -1,0 +1,310 @@
+"""Episodes on disk, replay, distributions, lambda-return, scans and logging."""
+
+import collections
+import datetime
+import io
+import json
+import os
+import pathlib
+import random
+import sys
+import uuid
+from typing import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+
+# Files.
+
+
+def atomic_write(path: pathlib.Path, data: bytes) -> None:
+    """Writes to a temporary name in the same folder, flushes, then renames,
+    so that a reader never sees a partial file."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# Episodes on disk.
+
+
+def save_episode(directory: pathlib.Path, episode: dict) -> pathlib.Path:
+    """Stores one finished episode as <time>-<uuid>-<length>.npz, where length
+    counts transitions (steps - 1, the first step holds the reset)."""
+    directory = pathlib.Path(directory)
+    length = len(episode["reward"]) - 1
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    path = directory / f"{stamp}-{uuid.uuid4().hex}-{length}.npz"
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **episode)
+    atomic_write(path, buffer.getvalue())
+    return path
+
+
+def episode_length(path: pathlib.Path) -> int:
+    return int(pathlib.Path(path).stem.rsplit("-", 1)[-1])
+
+
+def list_episodes(directory: pathlib.Path) -> list[pathlib.Path]:
+    """Complete episode files only: temporary files start with a dot."""
+    return sorted(pathlib.Path(directory).glob("[!.]*.npz"))
+
+
+def load_episode(path: pathlib.Path) -> dict:
+    with np.load(path) as data:
+        return {key: data[key] for key in data.keys()}
+
+
+class Replay:
+    """Episodes on disk with a bounded cache in memory.
+
+    Training chunks are drawn uniformly over stored episodes (then uniformly
+    over start offsets); episodes not in the cache are read from disk, so
+    memory stays bounded however long the run. Files that fail to load are
+    reported once and skipped.
+    """
+
+    def __init__(self, directory: pathlib.Path, cache: int, seed: int = 0):
+        self.directory = pathlib.Path(directory)
+        self._cache_size = cache
+        self._cache: dict[pathlib.Path, dict] = {}
+        self._lengths: dict[pathlib.Path, int] = {}
+        self._bad: set[pathlib.Path] = set()
+        self._rng = random.Random(seed)
+        self.refresh()
+
+    def refresh(self) -> None:
+        for path in list_episodes(self.directory):
+            if path not in self._lengths and path not in self._bad:
+                try:
+                    self._lengths[path] = episode_length(path)
+                except ValueError:
+                    self._skip(path, "name does not end in -<length>")
+
+    @property
+    def episodes(self) -> int:
+        return len(self._lengths)
+
+    @property
+    def steps(self) -> int:
+        """Stored transitions (agent steps)."""
+        return sum(self._lengths.values())
+
+    def add(self, path: pathlib.Path, episode: dict) -> None:
+        self._lengths[path] = len(episode["reward"]) - 1
+        self._store(path, episode)
+
+    def sample(self, length: int) -> dict:
+        """One chunk of `length` steps from a single episode (batch-major)."""
+        candidates = [p for p, n in self._lengths.items() if n + 1 >= length]
+        while candidates:
+            path = self._rng.choice(candidates)
+            episode = self._get(path)
+            if episode is None:
+                candidates.remove(path)
+                continue
+            total = len(episode["reward"])
+            start = self._rng.randint(0, total - length)
+            return {k: v[start : start + length] for k, v in episode.items()}
+        raise RuntimeError(
+            f"No episode of at least {length} steps in {self.directory}; "
+            "lower --batch_length or collect longer episodes."
+        )
+
+    def _get(self, path: pathlib.Path) -> dict | None:
+        if path in self._cache:
+            return self._cache[path]
+        try:
+            episode = load_episode(path)
+            if len(episode["reward"]) != self._lengths[path] + 1:
+                raise ValueError("length does not match its name")
+        except Exception as e:  # Any unreadable file is skipped, never fatal.
+            self._skip(path, f"{type(e).__name__}: {e}")
+            return None
+        self._store(path, episode)
+        return episode
+
+    def _store(self, path: pathlib.Path, episode: dict) -> None:
+        if self._cache_size <= 0:
+            return
+        if len(self._cache) >= self._cache_size:
+            # Random eviction keeps the cache an unbiased subset of the replay.
+            del self._cache[self._rng.choice(list(self._cache))]
+        self._cache[path] = episode
+
+    def _skip(self, path: pathlib.Path, why: str) -> None:
+        print(f"Skipping unreadable episode {path.name}: {why}", file=sys.stderr)
+        self._bad.add(path)
+        self._lengths.pop(path, None)
+        self._cache.pop(path, None)
+
+
+def make_dataset(
+    replay: Replay, spec: dict, batch_size: int, batch_length: int
+) -> tf.data.Dataset:
+    """Batches of chunks (batch, time, ...) with prefetching; new episodes on
+    disk are picked up as they appear."""
+
+    def generator():
+        while True:
+            replay.refresh()
+            yield replay.sample(batch_length)
+
+    signature = {
+        k: tf.TensorSpec((batch_length,) + tuple(shape), dtype)
+        for k, (shape, dtype) in spec.items()
+    }
+    dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(2)
+
+
+# Scans and returns.
+
+
+def static_scan(fn: Callable, inputs, start):
+    """Scans `fn(state, input)` over the leading (time) axis of a nest of
+    inputs, unrolled in the graph. Returns the stacked states, time-major."""
+    last = start
+    outputs = []
+    for index in range(tf.nest.flatten(inputs)[0].shape[0]):
+        last = fn(last, tf.nest.map_structure(lambda x: x[index], inputs))
+        outputs.append(last)
+    return tf.nest.map_structure(lambda *xs: tf.stack(xs, 0), *outputs)
+
+
+def lambda_return(reward, value, pcont, bootstrap, lambda_: float):
+    """TD(lambda) returns over a time-major horizon (PAPER: behavior learning):
+    V(t) = r_t + p_t * ((1 - lambda) * v_{t+1} + lambda * V(t+1)), V(H) = bootstrap.
+    `value[t]` is the value of the state that earns `reward[t]`; `pcont` is a
+    tensor of per-step discounts or a scalar."""
+    pcont = pcont * tf.ones_like(reward)
+    next_values = tf.concat([value[1:], bootstrap[None]], 0)
+    inputs = reward + pcont * next_values * (1 - lambda_)
+    returns = []
+    last = bootstrap
+    for t in reversed(range(reward.shape[0])):
+        last = inputs[t] + pcont[t] * lambda_ * last
+        returns.append(last)
+    return tf.stack(returns[::-1], 0)
+
+
+# Distributions.
+
+
+class SampleDist:
+    """Mode and entropy of a distribution without closed forms, estimated from
+    samples per batch element (the tanh-Normal actor)."""
+
+    def __init__(self, dist: tfd.Distribution, samples: int = 100):
+        self._dist = dist
+        self._samples = samples
+
+    def __getattr__(self, name):
+        return getattr(self._dist, name)
+
+    def mode(self):
+        sample = self._dist.sample(self._samples)
+        logprob = self._dist.log_prob(sample)
+        best = tf.argmax(logprob, axis=0)
+        # Pick the best of the samples for each batch element separately.
+        sample = tf.experimental.numpy.moveaxis(sample, 0, -2)
+        return tf.gather(sample, best, axis=-2, batch_dims=len(best.shape))
+
+    def entropy(self):
+        sample = self._dist.sample(self._samples)
+        return -tf.reduce_mean(self._dist.log_prob(sample), 0)
+
+
+class OneHotDist(tfd.OneHotCategorical):
+    """Categorical with one-hot samples and straight-through gradients to the
+    probabilities (PAPER: discrete actions)."""
+
+    def __init__(self, logits=None, probs=None):
+        super().__init__(logits=logits, probs=probs, dtype=tf.float32)
+
+    def mode(self):
+        return tf.one_hot(tf.argmax(self.logits_parameter(), -1), self.event_shape[-1])
+
+    def sample(self, sample_shape=(), seed=None):
+        sample = tf.cast(super().sample(sample_shape, seed), tf.float32)
+        probs = self.probs_parameter()
+        while len(probs.shape) < len(sample.shape):
+            probs = probs[None]
+        return sample + probs - tf.stop_gradient(probs)
+
+
+# Exploration schedules.
+
+
+def schedule(step: float, start: float, decay: float, floor: float) -> float:
+    """Linear decay from `start` to `floor` over `decay` env steps; constant
+    `start` when decay is 0."""
+    if decay <= 0:
+        return start
+    return max(floor, start - (start - floor) * min(1.0, step / decay))
+
+
+# Loop helpers.
+
+
+class Every:
+    """True once each time `step` passes another multiple of `every`."""
+
+    def __init__(self, every: float):
+        self._every = every
+        self._last = None
+
+    def __call__(self, step: int) -> bool:
+        if not self._every:
+            return False
+        if self._last is None:
+            self._last = step
+            return True
+        if step >= self._last + self._every:
+            self._last += self._every * ((step - self._last) // self._every)
+            return True
+        return False
+
+
+# Logging.
+
+
+class Logger:
+    """Scalars to metrics.jsonl, TensorBoard and the console; each record
+    carries the env step (frames)."""
+
+    def __init__(self, logdir: pathlib.Path):
+        self._logdir = pathlib.Path(logdir)
+        self._writer = tf.summary.create_file_writer(str(self._logdir))
+        self._scalars: dict[str, list] = collections.defaultdict(list)
+
+    def scalar(self, name: str, value) -> None:
+        self._scalars[name].append(float(value))
+
+    def write(self, step: int, console: bool = True) -> dict:
+        record = {k: float(np.mean(v)) for k, v in self._scalars.items()}
+        self._scalars.clear()
+        if not record:
+            return record
+        with (self._logdir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"step": int(step), **record}) + "\n")
+        with self._writer.as_default():
+            for name, value in record.items():
+                tf.summary.scalar(name, value, step)
+        self._writer.flush()
+        if console:
+            text = " / ".join(f"{k} {v:.3g}" for k, v in record.items())
+            print(f"[{step}] {text}", flush=True)
+        return record

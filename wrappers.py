@@ -1,0 +1,739 @@
+"""Environments for Dreamer: DeepMind Control, Atari, DeepMind Lab, workers.
+
+This module must never import TensorFlow, directly or indirectly: MuJoCo's
+software renderer (Mesa) and TensorFlow in one process crash, so environments
+run in `spawn` worker processes (`Parallel`) that import only this module.
+Environment libraries are imported lazily inside the class that needs them.
+
+Every environment exposes:
+  obs_space: dict name -> (shape, dtype); act_space: dict with 'shape',
+  'discrete', 'low', 'high' (discrete actions are one-hot float32 vectors);
+  reset() -> obs; step(action) -> (obs, reward, done, info) with
+  info['discount'] = 0.0 at a true terminal and 1.0 otherwise (a time-limit
+  cut included); close().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import pickle
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+Obs = dict[str, np.ndarray]
+Step = tuple[Obs, float, bool, dict]
+Space = dict[str, tuple[tuple[int, ...], Any]]
+
+TASK_HELP = (
+    'name tasks dmc_<domain>_<task> (e.g. dmc_walker_walk, '
+    'dmc_cartpole_balance_sparse, dmc_cup_catch), atari_<game> in snake_case '
+    '(e.g. atari_pong, atari_montezuma_revenge) or dmlab_<level> '
+    '(e.g. dmlab_rooms_collect_good_objects)')
+
+
+def _discrete_space(num_actions: int) -> dict:
+    return {'shape': (num_actions,), 'discrete': True,
+            'low': np.zeros(num_actions, np.float32),
+            'high': np.ones(num_actions, np.float32)}
+
+
+def random_action(act_space: dict, rng: np.random.Generator) -> np.ndarray:
+    """A uniform random action: one-hot for discrete spaces, else in bounds."""
+    if act_space['discrete']:
+        action = np.zeros(act_space['shape'], np.float32)
+        action[rng.integers(act_space['shape'][0])] = 1.0
+        return action
+    return rng.uniform(act_space['low'], act_space['high']).astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# DeepMind Control Suite.
+
+# Names used by the paper's score files that differ from the suite's domains.
+_DMC_DOMAIN_ALIASES = {'cup': 'ball_in_cup'}
+
+
+def _dmc_suite() -> Any:
+    """dm_control.suite; in a process that has TensorFlow (the trainer checking
+    a task name) it is imported without a renderer, since loading Mesa's EGL
+    there crashes the process (both carry LLVM)."""
+    if 'tensorflow' not in sys.modules or 'dm_control.suite' in sys.modules:
+        from dm_control import suite
+        return suite
+    saved = os.environ.get('MUJOCO_GL')
+    os.environ['MUJOCO_GL'] = 'disabled'
+    try:
+        from dm_control import suite
+    finally:
+        if saved is None:
+            del os.environ['MUJOCO_GL']
+        else:
+            os.environ['MUJOCO_GL'] = saved
+    return suite
+
+
+def _split_dmc_name(name: str) -> tuple[str, str]:
+    """'cartpole_balance_sparse' -> ('cartpole', 'balance_sparse')."""
+    domains = dict(_dmc_suite().TASKS_BY_DOMAIN)
+    for alias, domain in _DMC_DOMAIN_ALIASES.items():
+        domains[alias] = domains[domain]
+    # Longest domain first so 'humanoid_CMU_run' beats 'humanoid'.
+    for domain in sorted(domains, key=len, reverse=True):
+        task = name[len(domain) + 1:]
+        if name.startswith(domain + '_') and task in domains[domain]:
+            return _DMC_DOMAIN_ALIASES.get(domain, domain), task
+    raise ValueError(
+        f"Unknown DeepMind Control task '{name}': use <domain>_<task> from "
+        f"dm_control.suite.ALL_TASKS, e.g. walker_walk, "
+        f"cartpole_balance_sparse, cup_catch.")
+
+
+class DeepMindControl:
+    """A dm_control suite task rendered to images, one physics step per call.
+
+    step(action, render=False) skips rendering and returns the last rendered
+    image (stale) so ActionRepeat renders once per agent step; the final step
+    of an episode is always rendered so the last frame is never stale.
+    """
+
+    def __init__(self, name: str, size: tuple[int, int] = (64, 64),
+                 camera: int | None = None, seed: int = 0,
+                 render_fast: bool = False) -> None:
+        from dm_control import suite
+        domain, task = _split_dmc_name(name)
+        self._env = suite.load(domain, task, task_kwargs={'random': seed})
+        self._size = tuple(size)  # (height, width)
+        self.camera = (2 if domain == 'quadruped' else 0) if camera is None \
+            else camera
+        # Shadows and reflections cost most of the software-rendering time.
+        self.render_flags = {'shadow': False, 'reflection': False} \
+            if render_fast else {}
+        self._image = None
+
+    @property
+    def physics(self) -> Any:
+        return self._env.physics
+
+    @property
+    def obs_space(self) -> Space:
+        return {'image': (self._size + (3,), np.uint8)}
+
+    @property
+    def act_space(self) -> dict:
+        spec = self._env.action_spec()
+        low = np.broadcast_to(spec.minimum, spec.shape).astype(np.float32)
+        high = np.broadcast_to(spec.maximum, spec.shape).astype(np.float32)
+        return {'shape': tuple(spec.shape), 'discrete': False,
+                'low': low, 'high': high}
+
+    def render(self) -> np.ndarray:
+        self._image = self._env.physics.render(
+            *self._size, camera_id=self.camera,
+            render_flag_overrides=dict(self.render_flags))
+        return self._image
+
+    def reset(self) -> Obs:
+        self._env.reset()
+        return {'image': self.render()}
+
+    def step(self, action: np.ndarray, render: bool = True) -> Step:
+        time_step = self._env.step(np.asarray(action, np.float64))
+        done = time_step.last()
+        image = self.render() if render or done else self._image
+        discount = np.float32(1.0 if time_step.discount is None
+                              else time_step.discount)
+        return {'image': image}, float(time_step.reward or 0.0), done, {
+            'discount': discount}
+
+    def close(self) -> None:
+        self._env.close()
+
+
+# --------------------------------------------------------------------------
+# Generic wrappers.
+
+class Wrapper:
+    """Forwards everything it does not override to the inner environment."""
+
+    def __init__(self, env: Any) -> None:
+        self._env = env
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith('__') or name == '_env':
+            raise AttributeError(name)
+        return getattr(self._env, name)
+
+    def reset(self) -> Obs:
+        return self._env.reset()
+
+    def step(self, action: np.ndarray) -> Step:
+        return self._env.step(action)
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class ActionRepeat(Wrapper):
+    """Repeats an action, summing rewards; renders only on the last repeat.
+
+    The inner step must accept `render=`; it renders anyway when done.
+    """
+
+    def __init__(self, env: Any, amount: int) -> None:
+        super().__init__(env)
+        if amount < 1:
+            raise ValueError(f'Action repeat must be >= 1, got {amount}.')
+        self._amount = amount
+
+    def step(self, action: np.ndarray) -> Step:
+        total = 0.0
+        for index in range(self._amount):
+            last = index == self._amount - 1
+            obs, reward, done, info = self._env.step(action, render=last)
+            total += reward
+            if done:
+                break
+        return obs, total, done, info
+
+
+class NormalizeActions(Wrapper):
+    """Exposes continuous actions in [-1, 1] and maps them to native bounds.
+
+    Dimensions with infinite bounds pass through unchanged. Inputs are
+    clipped to [-1, 1] so the inner env always sees valid actions.
+    """
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        space = env.act_space
+        self._discrete = space['discrete']
+        self._low, self._high = space['low'], space['high']
+        self._mask = np.isfinite(self._low) & np.isfinite(self._high)
+        # Finite stand-ins so the unbounded dimensions compute no NaNs.
+        self._safe_low = np.where(self._mask, self._low, -1)
+        self._safe_high = np.where(self._mask, self._high, 1)
+
+    @property
+    def act_space(self) -> dict:
+        space = dict(self._env.act_space)
+        if not self._discrete:
+            space['low'] = np.where(self._mask, -1, self._low).astype(
+                np.float32)
+            space['high'] = np.where(self._mask, 1, self._high).astype(
+                np.float32)
+        return space
+
+    def step(self, action: np.ndarray) -> Step:
+        if self._discrete:
+            return self._env.step(action)
+        action = np.asarray(action, np.float32)
+        clipped = np.clip(action, -1, 1)
+        scale = self._safe_high - self._safe_low
+        native = (clipped + 1) / 2 * scale + self._safe_low
+        return self._env.step(np.where(self._mask, native, action))
+
+
+class TimeLimit(Wrapper):
+    """Ends episodes after `duration` agent steps as a cut (discount 1)."""
+
+    def __init__(self, env: Any, duration: int) -> None:
+        super().__init__(env)
+        if duration < 1:
+            raise ValueError(f'Time limit must be >= 1 step, got {duration}.')
+        self._duration = duration
+        self._step = None
+
+    def reset(self) -> Obs:
+        self._step = 0
+        return self._env.reset()
+
+    def step(self, action: np.ndarray) -> Step:
+        if self._step is None:
+            raise RuntimeError('Call reset() before step() (episode over).')
+        obs, reward, done, info = self._env.step(action)
+        self._step += 1
+        if self._step >= self._duration:
+            # A cut, not a terminal: keep the inner discount (1 unless the
+            # inner env really terminated on this very step).
+            done = True
+        if done:
+            self._step = None
+        return obs, reward, done, info
+
+
+class RewardObs(Wrapper):
+    """Adds the reward of the transition that led to each obs, for logging."""
+
+    @property
+    def obs_space(self) -> Space:
+        return {**self._env.obs_space, 'reward': ((), np.float32)}
+
+    def reset(self) -> Obs:
+        obs = self._env.reset()
+        obs['reward'] = np.float32(0.0)
+        return obs
+
+    def step(self, action: np.ndarray) -> Step:
+        obs, reward, done, info = self._env.step(action)
+        obs['reward'] = np.float32(reward)
+        return obs, reward, done, info
+
+
+class OneHotAction(Wrapper):
+    """Takes one-hot actions and passes the index to a discrete inner env."""
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        if not env.act_space['discrete']:
+            raise ValueError('OneHotAction needs a discrete action space.')
+        self._num = env.act_space['shape'][0]
+
+    @property
+    def act_space(self) -> dict:
+        return _discrete_space(self._num)
+
+    def step(self, action: np.ndarray) -> Step:
+        action = np.asarray(action, np.float32)
+        index = int(np.argmax(action))
+        reference = np.zeros(self._num, np.float32)
+        reference[index] = 1.0
+        # Tolerance for straight-through samples (sample + p - sg(p)).
+        if action.shape != (self._num,) or not np.allclose(
+                action, reference, atol=1e-4):
+            raise ValueError(
+                f'Expected a one-hot action of shape ({self._num},), got '
+                f'{np.array2string(action.ravel(), precision=3)}.')
+        return self._env.step(index)
+
+
+# --------------------------------------------------------------------------
+# Atari.
+
+def _atari_ids() -> dict[str, str]:
+    """Maps 'montezumarevenge' style keys to registered 'ALE/...-v5' ids."""
+    import ale_py
+    import gymnasium
+    gymnasium.register_envs(ale_py)
+    return {key[4:-3].lower(): key for key in gymnasium.registry
+            if key.startswith('ALE/') and key.endswith('-v5')}
+
+
+def _atari_id(game: str) -> str:
+    ids = _atari_ids()
+    key = game.replace('_', '').lower()
+    if game != game.lower() or key not in ids:
+        raise ValueError(
+            f"Unknown Atari game '{game}': use the snake_case ROM name from "
+            f"ale_py.roms.get_all_rom_ids(), e.g. pong, montezuma_revenge.")
+    return ids[key]
+
+
+class Atari:
+    """An ALE game with frame skipping, max-pooling, no-ops and sticky actions.
+
+    Takes integer actions (wrap in OneHotAction). With life_done, losing a
+    life ends the episode as a terminal (discount 0), as in the original
+    Dreamer code; the next reset() starts a new game. `length` caps the
+    episode in frames (a cut, discount 1).
+    """
+
+    def __init__(self, name: str, action_repeat: int = 4,
+                 size: tuple[int, int] = (64, 64), grayscale: bool = False,
+                 sticky: float = 0.25, noops: int = 30,
+                 life_done: bool = False, length: int = 108000,
+                 seed: int = 0) -> None:
+        import gymnasium
+        self._env = gymnasium.make(
+            _atari_id(name), frameskip=1, repeat_action_probability=sticky,
+            full_action_space=False, max_num_frames_per_episode=length,
+            obs_type='grayscale' if grayscale else 'rgb')
+        self.ale = self._env.unwrapped.ale
+        self._repeat, self._size = action_repeat, tuple(size)
+        self._grayscale, self._noops = grayscale, noops
+        self._life_done = life_done
+        self._seed, self._rng = seed, np.random.default_rng(seed)
+        self._lives = None
+
+    @property
+    def obs_space(self) -> Space:
+        channels = 1 if self._grayscale else 3
+        return {'image': (self._size + (channels,), np.uint8)}
+
+    @property
+    def act_space(self) -> dict:
+        return _discrete_space(int(self._env.action_space.n))
+
+    def reset(self) -> Obs:
+        # Seed once so the whole run (sticky actions included) is repeatable.
+        frame, _ = self._env.reset(seed=self._seed)
+        self._seed = None
+        for _ in range(self._rng.integers(1, self._noops + 1)
+                       if self._noops else 0):
+            frame, _, terminated, truncated, _ = self._env.step(0)
+            if terminated or truncated:
+                frame, _ = self._env.reset()
+        self._lives = self.ale.lives()
+        return {'image': self._resize(frame)}
+
+    def step(self, action: int) -> Step:
+        total, frames = 0.0, []
+        for _ in range(self._repeat):
+            frame, reward, terminated, truncated, _ = self._env.step(
+                int(action))
+            total += reward
+            frames = frames[-1:] + [frame]
+            lost = self.ale.lives() < self._lives
+            if terminated or truncated or (self._life_done and lost):
+                break
+        self._lives = self.ale.lives()
+        terminal = terminated or (self._life_done and lost)
+        image = self._resize(np.max(np.stack(frames), axis=0))
+        return {'image': image}, total, terminal or truncated, {
+            'discount': np.float32(0.0 if terminal else 1.0)}
+
+    def _resize(self, frame: np.ndarray) -> np.ndarray:
+        from PIL import Image
+        height, width = self._size
+        # BOX is area averaging, the usual choice for Atari downscaling.
+        image = np.asarray(Image.fromarray(frame).resize(
+            (width, height), Image.Resampling.BOX))
+        return image[..., None] if self._grayscale else image
+
+    def close(self) -> None:
+        self._env.close()
+
+
+# --------------------------------------------------------------------------
+# DeepMind Lab.
+
+_DMLAB_INSTALL = (
+    'deepmind_lab is not on PyPI: build it from source with Bazel '
+    '(github.com/google-deepmind/lab: bazel build -c opt '
+    '//python/pip_package:build_pip_package), then pip install the wheel.')
+
+# Paper names whose DMLab-30 level file carries a _train/_test suffix.
+_DMLAB_ALIASES = {
+    'rooms_collect_good_objects': 'rooms_collect_good_objects_train',
+    'rooms_exploit_deferred_effects': 'rooms_exploit_deferred_effects_train',
+}
+
+# Rows: look left/right, look down/up, strafe left/right, back/forward,
+# fire, jump, crouch (the order of Lab.action_spec()).
+DMLAB_ACTIONS = np.array([
+    (0, 0, 0, 0, 0, 0, 0),     # noop
+    (0, 0, 0, 1, 0, 0, 0),     # forward
+    (0, 0, 0, -1, 0, 0, 0),    # backward
+    (0, 0, -1, 0, 0, 0, 0),    # strafe left
+    (0, 0, 1, 0, 0, 0, 0),     # strafe right
+    (-20, 0, 0, 0, 0, 0, 0),   # look left
+    (20, 0, 0, 0, 0, 0, 0),    # look right
+    (-20, 0, 0, 1, 0, 0, 0),   # forward + look left
+    (20, 0, 0, 1, 0, 0, 0),    # forward + look right
+    (0, 0, 0, 0, 1, 0, 0),     # fire
+], dtype=np.intc)
+
+
+class DMLab:
+    """A DeepMind Lab level with a small discrete action set.
+
+    Takes integer actions (wrap in OneHotAction). Levels end on their own
+    timer, so episode ends count as cuts (discount 1). Level names without a
+    '/' are looked up in contributed/dmlab30/.
+    """
+
+    def __init__(self, level: str, action_repeat: int = 4,
+                 size: tuple[int, int] = (64, 64), seed: int = 0) -> None:
+        try:
+            import deepmind_lab
+        except ImportError:
+            raise ImportError(_DMLAB_INSTALL) from None
+        if '/' not in level:
+            level = 'contributed/dmlab30/' + _DMLAB_ALIASES.get(level, level)
+        height, width = size
+        self._lab = deepmind_lab.Lab(
+            level, ['RGB_INTERLEAVED'],
+            config={'width': str(width), 'height': str(height)})
+        if len(self._lab.action_spec()) != DMLAB_ACTIONS.shape[1]:
+            raise ValueError('Unexpected DeepMind Lab action spec.')
+        self._repeat, self._size = action_repeat, tuple(size)
+        self._rng = np.random.default_rng(seed)
+        self._image = None
+
+    @property
+    def obs_space(self) -> Space:
+        return {'image': (self._size + (3,), np.uint8)}
+
+    @property
+    def act_space(self) -> dict:
+        return _discrete_space(len(DMLAB_ACTIONS))
+
+    def _observe(self) -> Obs:
+        # Observations are unavailable after the episode ended: keep the last.
+        if self._lab.is_running():
+            self._image = np.array(
+                self._lab.observations()['RGB_INTERLEAVED'], np.uint8)
+        return {'image': self._image}
+
+    def reset(self) -> Obs:
+        self._lab.reset(seed=int(self._rng.integers(2 ** 31 - 1)))
+        return self._observe()
+
+    def step(self, action: int) -> Step:
+        reward = self._lab.step(DMLAB_ACTIONS[int(action)],
+                                num_steps=self._repeat)
+        done = not self._lab.is_running()
+        return self._observe(), float(reward), done, {
+            'discount': np.float32(1.0)}
+
+    def close(self) -> None:
+        self._lab.close()
+
+
+# --------------------------------------------------------------------------
+# Task names.
+
+def check_task(task: str) -> None:
+    """Validates a task name cheaply (no environment is built)."""
+    kind, _, name = task.partition('_')
+    if not name or kind not in ('dmc', 'atari', 'dmlab'):
+        raise ValueError(f"Unknown task '{task}': {TASK_HELP}.")
+    if kind == 'dmc':
+        _split_dmc_name(name)
+    elif kind == 'atari':
+        _atari_id(name)
+
+
+def make_env(task: str, action_repeat: int, time_limit: int | None,
+             size: tuple[int, int] = (64, 64), seed: int = 0,
+             render_fast: bool = False, life_done: bool = False,
+             grayscale: bool = False) -> Any:
+    """Builds a wrapped environment for 'dmc_*', 'atari_*' or 'dmlab_*'.
+
+    time_limit is in env frames (None: no extra limit); life_done applies to
+    Atari only, render_fast to DMC only; grayscale is Atari only.
+    """
+    check_task(task)
+    kind, _, name = task.partition('_')
+    if grayscale and kind != 'atari':
+        raise ValueError(f"grayscale is only supported for Atari, not '{task}'.")
+    if kind == 'dmc':
+        env = DeepMindControl(name, size, seed=seed, render_fast=render_fast)
+        env = NormalizeActions(ActionRepeat(env, action_repeat))
+    elif kind == 'atari':
+        env = OneHotAction(Atari(
+            name, action_repeat, size, grayscale=grayscale,
+            life_done=life_done, seed=seed))
+    else:
+        env = OneHotAction(DMLab(name, action_repeat, size, seed=seed))
+    if time_limit:
+        env = TimeLimit(env, max(1, time_limit // action_repeat))
+    return RewardObs(env)
+
+
+# --------------------------------------------------------------------------
+# Worker processes.
+
+class WorkerCrashed(RuntimeError):
+    """The environment worker process died; call restart() on it."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the worker's traceback text as the cause of a re-raise."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def imported(module: str) -> bool:
+    """Whether a module is loaded (ask a worker via Parallel.call)."""
+    return module in sys.modules
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Stops spawn children from re-importing __main__ (which may load TF).
+
+    multiprocessing re-runs __main__ in the child when it has a __spec__ name
+    or a __file__; removing both while the process starts prevents that.
+    """
+    main = sys.modules.get('__main__')
+    if main is None:
+        yield
+        return
+    missing = object()
+    saved = {key: getattr(main, key, missing)
+             for key in ('__file__', '__spec__')}
+    try:
+        if saved['__file__'] is not missing:
+            del main.__file__
+        main.__spec__ = None
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is not missing:
+                setattr(main, key, value)
+            elif hasattr(main, key):
+                delattr(main, key)
+
+
+def _worker(conn: Any, ctor: Callable[[], Any]) -> None:
+    """Child loop: build the env, then answer (kind, payload) messages."""
+    os.environ.setdefault('MUJOCO_GL', 'egl')
+    env = None
+    try:
+        try:
+            env = ctor()
+            conn.send(('ok', (env.obs_space, env.act_space)))
+        except Exception as exc:  # noqa: BLE001 -- forwarded to the parent.
+            conn.send(_error_message(exc))
+            return
+        while True:
+            kind, payload = conn.recv()
+            if kind == 'close':
+                break
+            try:
+                conn.send(('ok', _handle(env, kind, payload)))
+            except Exception as exc:  # noqa: BLE001 -- forwarded to the parent.
+                conn.send(_error_message(exc))
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        pass  # Parent went away or Ctrl-C: exit quietly.
+    finally:
+        if env is not None:
+            with contextlib.suppress(Exception):
+                env.close()
+
+
+def _handle(env: Any, kind: str, payload: Any) -> Any:
+    if kind == 'step':
+        return env.step(payload)
+    if kind == 'reset':
+        return env.reset()
+    if kind == 'call':
+        fn, args = payload
+        return fn(*args)
+    raise ValueError(f'Unknown worker message {kind!r}.')
+
+
+def _error_message(exc: Exception) -> tuple[str, Any]:
+    text = traceback.format_exc()
+    try:
+        pickle.dumps(exc)
+    except Exception:  # noqa: BLE001 -- any pickling failure: send text.
+        exc = RuntimeError(f'{type(exc).__name__}: {exc}')
+    return 'error', (exc, text)
+
+
+class Parallel:
+    """Runs an environment in a `spawn` child process.
+
+    ctor must be picklable and importable without __main__, e.g.
+    functools.partial(make_env, 'dmc_walker_walk', 2, 1000). The child is
+    built in the background; obs_space/act_space wait for it once.
+    """
+
+    def __init__(self, ctor: Callable[[], Any]) -> None:
+        target = getattr(ctor, 'func', ctor)
+        if getattr(target, '__module__', None) == '__main__':
+            raise ValueError('Parallel needs a ctor from an importable module, '
+                             'not __main__ (spawn children do not import it).')
+        self._ctor = ctor
+        self._process = None
+        self._start()
+
+    def _start(self) -> None:
+        context = multiprocessing.get_context('spawn')
+        self._conn, child_conn = context.Pipe()
+        self._process = context.Process(
+            target=_worker, args=(child_conn, self._ctor), daemon=True)
+        with _main_hidden():
+            self._process.start()
+        # Close our copy so recv() sees EOF when the child dies.
+        child_conn.close()
+        self._spaces = None
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def _ready(self) -> tuple[Space, dict]:
+        if self._spaces is None:
+            self._spaces = self._receive()
+        return self._spaces
+
+    @property
+    def obs_space(self) -> Space:
+        return self._ready()[0]
+
+    @property
+    def act_space(self) -> dict:
+        return self._ready()[1]
+
+    def _send(self, kind: str, payload: Any = None) -> Callable[[], Any]:
+        if self._process is None:
+            raise RuntimeError('This Parallel env is closed.')
+        self._ready()
+        try:
+            self._conn.send((kind, payload))
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            raise self._crashed() from None
+        return self._receive
+
+    def _receive(self) -> Any:
+        try:
+            status, payload = self._conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
+            raise self._crashed() from None
+        if status == 'error':
+            exc, text = payload
+            raise exc from RemoteTraceback(f'\n\nIn the env worker:\n{text}')
+        return payload
+
+    def _crashed(self) -> WorkerCrashed:
+        self._process.join(timeout=1)
+        return WorkerCrashed(
+            f'Env worker (pid {self._process.pid}) died with exit code '
+            f'{self._process.exitcode}; call restart() for a fresh one.')
+
+    def step_async(self, action: np.ndarray) -> Callable[[], Step]:
+        return self._send('step', action)
+
+    def reset_async(self) -> Callable[[], Obs]:
+        return self._send('reset')
+
+    def step(self, action: np.ndarray) -> Step:
+        return self.step_async(action)()
+
+    def reset(self) -> Obs:
+        return self.reset_async()()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Runs a picklable fn(*args) inside the worker and returns its value."""
+        return self._send('call', (fn, args))()
+
+    def restart(self) -> None:
+        """Replaces the worker with a fresh one (the episode is lost)."""
+        self._stop()
+        self._start()
+
+    def _stop(self) -> None:
+        if self._process is None:
+            return
+        if self._process.is_alive():
+            with contextlib.suppress(Exception):
+                self._conn.send(('close', None))
+            self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=5)
+        self._conn.close()
+        self._process = None
+
+    def close(self) -> None:
+        self._stop()
+
