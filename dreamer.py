@@ -17,15 +17,15 @@ import uuid
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_probability as tfp  # noqa: E402
-import yaml  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+import yaml
 
-import models  # noqa: E402
-import tools  # noqa: E402
-import wrappers  # noqa: E402
+import models
+import tools
+import wrappers
 
 tfd = tfp.distributions
 
@@ -429,7 +429,7 @@ class Driver:
 
 def lock_logdir(logdir: pathlib.Path):
     """An exclusive lock, so that two runs never write into one logdir."""
-    handle = open(logdir / ".lock", "w")
+    handle = open(logdir / ".lock", "w")  # noqa: SIM115 (held until the process exits)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -471,7 +471,7 @@ def restore_checkpoint(agent: Dreamer, directory: pathlib.Path) -> bool:
         try:
             agent.checkpoint.read(str(path / "ckpt")).assert_existing_objects_matched()
             return True
-        except Exception as e:  # A damaged checkpoint must not stop the run.
+        except Exception as e:  # noqa: BLE001 (a damaged checkpoint must not stop the run)
             print(f"Skipping unreadable checkpoint {path.name}: {type(e).__name__}",
                   file=sys.stderr)
     return False

@@ -34,7 +34,7 @@ class RSSM(keras.layers.Layer):
         self.obs_dist = dense(2 * stoch, None, "obs_dist")
 
     def initial(self, batch_size: int) -> dict:
-        zeros = lambda n: tf.zeros([batch_size, n], f32)  # noqa: E731
+        zeros = lambda n: tf.zeros([batch_size, n], f32)
         return dict(mean=zeros(self._stoch), std=zeros(self._stoch),
                     stoch=zeros(self._stoch), deter=zeros(self._deter))
 
@@ -43,7 +43,7 @@ class RSSM(keras.layers.Layer):
         the action that led to the observation embedded in embed[t]."""
         if state is None:
             state = self.initial(tf.shape(action)[0])
-        swap = lambda x: tf.experimental.numpy.swapaxes(x, 0, 1)  # noqa: E731
+        swap = lambda x: tf.experimental.numpy.swapaxes(x, 0, 1)
         post, prior = tools.static_scan(
             lambda prev, inputs: self.obs_step(prev[0], *inputs),
             (swap(action), swap(embed)), (state, state))
@@ -53,7 +53,7 @@ class RSSM(keras.layers.Layer):
         """Prior states from recorded actions alone (open loop)."""
         if state is None:
             state = self.initial(tf.shape(action)[0])
-        swap = lambda x: tf.experimental.numpy.swapaxes(x, 0, 1)  # noqa: E731
+        swap = lambda x: tf.experimental.numpy.swapaxes(x, 0, 1)
         prior = tools.static_scan(self.img_step, swap(action), state)
         return tf.nest.map_structure(swap, prior)
 

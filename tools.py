@@ -9,7 +9,7 @@ import pathlib
 import random
 import sys
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -64,7 +64,7 @@ def list_episodes(directory: pathlib.Path) -> list[pathlib.Path]:
 
 def load_episode(path: pathlib.Path) -> dict:
     with np.load(path) as data:
-        return {key: data[key] for key in data.keys()}
+        return {key: data[key] for key in data.files}
 
 
 class Replay:
@@ -130,7 +130,7 @@ class Replay:
             episode = load_episode(path)
             if len(episode["reward"]) != self._lengths[path] + 1:
                 raise ValueError("length does not match its name")
-        except Exception as e:  # Any unreadable file is skipped, never fatal.
+        except Exception as e:  # noqa: BLE001 (any unreadable file is skipped, never fatal)
             self._skip(path, f"{type(e).__name__}: {e}")
             return None
         self._store(path, episode)
@@ -179,7 +179,7 @@ def static_scan(fn: Callable, inputs, start):
     last = start
     outputs = []
     for index in range(tf.nest.flatten(inputs)[0].shape[0]):
-        last = fn(last, tf.nest.map_structure(lambda x: x[index], inputs))
+        last = fn(last, tf.nest.map_structure(lambda x, i=index: x[i], inputs))
         outputs.append(last)
     return tf.nest.map_structure(lambda *xs: tf.stack(xs, 0), *outputs)
 

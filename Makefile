@@ -1,0 +1,31 @@
+# Two commands set everything up: `make train` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+TASK ?= dmc_walker_walk
+LOGDIR ?= ./logdir/$(TASK)
+ARGS ?=
+export MUJOCO_GL ?= egl
+
+.PHONY: train test lint clean-venv
+
+# Rebuilt whenever requirements.txt changes.
+$(VENV)/.installed: requirements.txt
+	@ldconfig -p | grep -q libEGL.so.1 || { \
+	  echo "Installing Mesa's EGL for headless rendering (apt-get)."; \
+	  apt-get update -qq && apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+train: $(VENV)/.installed
+	$(VENV)/bin/python dreamer.py --logdir $(LOGDIR) --task $(TASK) $(ARGS)
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)

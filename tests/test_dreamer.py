@@ -1,0 +1,207 @@
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dreamer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OBS_SPACE = {"image": ((64, 64, 3), np.uint8), "reward": ((), np.float32)}
+
+
+def parse(*flags):
+    return dreamer.parse_config(["--logdir", "/tmp/unused", *flags])
+
+
+def test_defaults_are_the_paper():
+    c = parse()
+    assert (c.batch_size, c.batch_length, c.horizon, c.steps) == (50, 50, 15, 5_000_000)
+    assert (c.deter_size, c.stoch_size, c.num_units, c.cnn_depth) == (200, 30, 400, 32)
+    assert (c.discount, c.disclam, c.free_nats, c.kl_scale) == (0.99, 0.95, 3.0, 1.0)
+    assert (c.model_lr, c.value_lr, c.actor_lr, c.grad_clip) == (6e-4, 8e-5, 8e-5, 100.0)
+    assert (c.action_repeat, c.prefill, c.train_every, c.train_steps) == (2, 5000, 1000, 100)
+    assert c.action_dist == "tanh_normal" and c.expl_amount == 0.3 and not c.pcont
+
+
+def test_presets_then_explicit_flags():
+    c = parse("--configs", "debug", "--batch_size", "7", "--steps", "3e3")
+    assert c.batch_size == 7 and c.steps == 3000 and c.deter_size == 32
+    atari = parse("--task", "atari_pong", "--horizon", "12")
+    assert atari.action_dist == "onehot" and atari.pcont and atari.expl == "epsilon_greedy"
+    assert atari.horizon == 12 and atari.kl_scale == 0.1 and atari.action_repeat == 4
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--task", "dmc_walker_fly"], "walker_fly"),
+    (["--task", "pong"], "pong"),
+    (["--configs", "huge"], "huge"),
+    (["--batch_size", "many"], "batch_size"),
+    (["--steps", "1.5"], "steps"),
+    (["--pcont", "maybe"], "pcont"),
+    (["--unknown_flag", "1"], "unknown_flag"),
+    (["--batch_length", "1"], "batch_length"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
+    logdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as error:
+        dreamer.main(["--logdir", str(logdir), *flags])
+    assert error.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not logdir.exists()
+
+
+def tiny_agent(*flags, act_size=3, discrete=False):
+    config = parse("--configs", "debug", *flags)
+    dreamer.set_precision(config.precision)
+    act_space = {"shape": (act_size,), "discrete": discrete}
+    try:
+        return dreamer.Dreamer(config, OBS_SPACE, act_space)
+    finally:
+        dreamer.set_precision(32)
+
+
+def batch(batch_size=4, length=10, act_size=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return dict(
+        image=tf.constant(rng.integers(0, 255, (batch_size, length, 64, 64, 3), np.uint8)),
+        action=tf.constant(rng.uniform(-1, 1, (batch_size, length, act_size)), tf.float32),
+        reward=tf.constant(rng.normal(size=(batch_size, length)), tf.float32),
+        discount=tf.ones((batch_size, length)))
+
+
+@pytest.mark.parametrize("precision", [32, 16])
+def test_train_step_is_finite_and_moves_each_part(precision):
+    agent = tiny_agent("--precision", str(precision))
+    parts = dict(model=agent.encoder, actor=agent.actor, value=agent.value)
+    before = {k: [v.numpy().copy() for v in p.trainable_variables] for k, p in parts.items()}
+    metrics = agent.train(batch())
+    for name, value in metrics.items():
+        assert np.isfinite(value.numpy()), name
+    for name, part in parts.items():
+        moved = [not np.allclose(b, v.numpy()) for b, v in zip(before[name], part.trainable_variables)]
+        assert any(moved), name
+    if precision == 16:
+        assert agent.encoder.convs[0].compute_dtype == "bfloat16"
+        assert agent.encoder.convs[0].kernel.dtype == "float32"
+
+
+def test_each_optimizer_updates_only_its_own_variables():
+    agent = tiny_agent()
+    decoder = [v.numpy().copy() for v in agent.decoder.trainable_variables]
+    actor = [v.numpy().copy() for v in agent.actor.trainable_variables]
+    data = batch()
+    with tf.GradientTape() as tape:
+        post, _ = agent.rssm.observe(agent.encoder(data["image"]), data["action"])
+        returns, weights = agent.imagined_returns(agent.imagine_ahead(post))
+        loss = -tf.reduce_mean(weights * returns)
+    agent.actor_opt(tape, loss)
+    assert all(np.allclose(a, b.numpy()) for a, b in zip(decoder, agent.decoder.trainable_variables))
+    assert not all(np.allclose(a, b.numpy()) for a, b in zip(actor, agent.actor.trainable_variables))
+
+
+def test_nonfinite_step_is_skipped():
+    agent = tiny_agent()
+    data = batch()
+    data["reward"] = tf.tensor_scatter_nd_update(data["reward"], [[0, 0]], [np.nan])
+    weights = [v.numpy().copy() for v in agent.reward.trainable_variables]
+    metrics = agent.train(data)
+    assert metrics["model_nonfinite"].numpy() == 1.0
+    for a, b in zip(weights, agent.reward.trainable_variables):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_pcont_weights_against_hand_computed_example():
+    agent = tiny_agent("--pcont", "True", "--horizon", "4", "--disclam", "0.5")
+    reward = tf.constant([[1.0], [2.0], [3.0], [4.0]])
+    value = tf.constant([[10.0], [20.0], [30.0], [40.0]])
+    pcont = tf.constant([[0.9], [0.5], [0.8], [1.0]])
+    agent.reward = lambda feat: type("D", (), {"mode": lambda self: reward})()
+    agent.value = lambda feat: type("D", (), {"mode": lambda self: value})()
+    agent.pcont = lambda feat: type("D", (), {"mean": lambda self: pcont})()
+    returns, weights = agent.imagined_returns(tf.zeros((4, 1, 5)))
+    v2 = 3 + 0.8 * (0.5 * 40 + 0.5 * 40)
+    v1 = 2 + 0.5 * (0.5 * 30 + 0.5 * v2)
+    v0 = 1 + 0.9 * (0.5 * 20 + 0.5 * v1)
+    np.testing.assert_allclose(returns.numpy()[:, 0], [v0, v1, v2], rtol=1e-6)
+    np.testing.assert_allclose(weights.numpy()[:, 0], [1.0, 0.9, 0.45], rtol=1e-6)
+
+
+def test_policy_resets_state_and_explores():
+    agent = tiny_agent()
+    obs = {"image": np.zeros((2, 64, 64, 3), np.uint8)}
+    action, state = agent.policy(obs, None, np.ones(2), True, 0)
+    assert action.shape == (2, 3) and np.abs(action).max() <= 1
+    _, fresh = agent.policy(obs, None, np.ones(2), False, 0)
+    _, state = agent.policy(obs, state, np.array([0.0, 1.0]), False, 0)
+    # The deterministic state after a zero state and zero action is fixed:
+    # the env that restarted has it, the one that went on does not.
+    deter, fresh_deter = state[0]["deter"].numpy(), fresh[0]["deter"].numpy()
+    np.testing.assert_allclose(deter[1], fresh_deter[1], atol=1e-6)
+    assert not np.allclose(deter[0], fresh_deter[0], atol=1e-3)
+
+
+def test_epsilon_greedy_exploration():
+    agent = tiny_agent("--action_dist", "onehot", "--expl", "epsilon_greedy",
+                       act_size=4, discrete=True)
+    greedy = tf.one_hot(tf.zeros(4000, tf.int32), 4)
+    explored = agent.explore(greedy, tf.constant(0.4)).numpy()
+    assert (explored.sum(-1) == 1).all()
+    changed = (explored.argmax(-1) != 0).mean()
+    assert changed == pytest.approx(0.4 * 3 / 4, abs=0.03)
+
+
+def run(logdir, *flags, timeout=300):
+    env = {**os.environ, "MUJOCO_GL": "egl", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(logdir), *flags],
+        check=False, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def read_metrics(logdir):
+    return [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_debug_run_then_resume(tmp_path):
+    logdir = tmp_path / "walker"
+    first = run(logdir, "--task", "dmc_walker_walk", "--configs", "debug", "--steps", "3000")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Prefill" in first.stdout
+    episodes = sorted((logdir / "episodes").glob("*.npz"))
+    assert len(episodes) >= 10
+    with np.load(episodes[0]) as episode:
+        assert episode["image"].shape == (101, 64, 64, 3) and episode["image"].dtype == np.uint8
+        assert episode["action"].shape == (101, 6)
+        assert (episode["action"][0] == 0).all() and episode["reward"][0] == 0
+        assert episode["discount"].shape == (101,)
+    metrics = read_metrics(logdir)
+    assert all("step" in m for m in metrics)
+    losses = [m for m in metrics if "train/model_loss" in m]
+    assert losses and all(np.isfinite(m["train/model_loss"]) for m in losses)
+    assert any("test/return" in m for m in metrics)
+    last_step = metrics[-1]["step"]
+    assert last_step >= 3000
+    checkpoints = sorted((logdir / "checkpoint").glob("[0-9]*"))
+    assert checkpoints and int(checkpoints[-1].name) == last_step
+    assert (logdir / "config.yaml").read_text().count("batch_size: 4") == 1
+    saved = tf.train.load_checkpoint(str(checkpoints[-1] / "ckpt"))
+    iterations = [k for k in saved.get_variable_to_shape_map() if k.startswith("model_opt/_iterations")]
+    first_iterations = saved.get_tensor(iterations[0])
+    assert first_iterations > 0
+
+    second = run(logdir, "--task", "dmc_walker_walk", "--configs", "debug", "--steps", "4000")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Prefill" not in second.stdout and "Pretrain" not in second.stdout
+    assert f"Resumed from checkpoint at step {last_step}" in second.stdout
+    new = read_metrics(logdir)[len(metrics):]
+    assert new and min(m["step"] for m in new) >= last_step
+    checkpoints = sorted((logdir / "checkpoint").glob("[0-9]*"))
+    saved = tf.train.load_checkpoint(str(checkpoints[-1] / "ckpt"))
+    assert saved.get_tensor(iterations[0]) > first_iterations  # Adam state carried on.
+    assert int(checkpoints[-1].name) >= 4000
