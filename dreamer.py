@@ -4,8 +4,11 @@ python dreamer.py --logdir ./logdir/walker --task dmc_walker_walk
 """
 
 import argparse
+import contextlib
+import errno
 import fcntl
 import functools
+import io
 import os
 import pathlib
 import random
@@ -24,6 +27,7 @@ import tensorflow_probability as tfp
 import yaml
 
 import models
+import plotting
 import tools
 import wrappers
 
@@ -41,6 +45,7 @@ DEFAULTS = dict(
     log_every=int(1e3),
     precision=16,
     jit=False,
+    log_videos=True,
     envs=1,
     # Environment.
     action_repeat=2,
@@ -69,6 +74,7 @@ DEFAULTS = dict(
     value_lr=8e-5,
     actor_lr=8e-5,
     grad_clip=100.0,
+    max_nonfinite=100,
     adam_eps=1e-7,
     replay_cache=400,
     # Behavior.
@@ -146,10 +152,13 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     the flags given explicitly."""
     parser = OneLineParser(description=__doc__, argument_default=argparse.SUPPRESS)
     parser.add_argument("--configs", nargs="+", default=[], choices=sorted(PRESETS))
+    parser.add_argument("--summary", action="store_true", default=False,
+                        help="print the summary of the run in --logdir and exit")
     for key, value in DEFAULTS.items():
         parser.add_argument(f"--{key}", type=flag_type(value), choices=CHOICES.get(key),
                             required=key == "logdir")
     explicit = vars(parser.parse_args(argv))
+    summary = explicit.pop("summary")
     presets = [PRESETS[name] for name in explicit.pop("configs")]
     task = explicit.get("task") or next(
         (p["task"] for p in reversed(presets) if "task" in p), DEFAULTS["task"])
@@ -158,7 +167,7 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     for preset in presets:
         config.update(preset)
     config.update(explicit)
-    config = argparse.Namespace(**config)
+    config = argparse.Namespace(**config, summary=summary)
     try:
         wrappers.check_task(config.task)
         check_values(config)
@@ -237,6 +246,7 @@ class Dreamer:
             **modules, model_opt=self.model_opt.adam, value_opt=self.value_opt.adam,
             actor_opt=self.actor_opt.adam, step=self.step)
         self.train = tf.function(self._train, jit_compile=c.jit)
+        self.open_loop = tf.function(self._open_loop)
         self._policy = tf.function(self._policy_step, jit_compile=c.jit,
                                    reduce_retracing=True)
 
@@ -318,6 +328,27 @@ class Dreamer:
         weights = tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0)
         return returns, tf.stop_gradient(weights)
 
+    def _open_loop(self, data: dict, context: int = 5, sequences: int = 6):
+        """Video of multi-step predictions (PAPER, figure of video predictions):
+        the posterior sees `context` frames, then the prior imagines the rest
+        from the recorded actions alone. Rows: truth, model, error shown as
+        (model - truth + 1) / 2; sequences side by side. Returns uint8
+        (time, 3 * height, sequences * width, channels)."""
+        data = {k: v[:sequences] for k, v in data.items()}
+        embed = self.encoder(data["image"])
+        post, _ = self.rssm.observe(embed[:, :context], data["action"][:, :context])
+        recon = self.decoder(self.rssm.get_feat(post)).mode()
+        last = {k: v[:, -1] for k, v in post.items()}
+        prior = self.rssm.imagine(data["action"][:, context:], last)
+        openl = self.decoder(self.rssm.get_feat(prior)).mode()
+        model = tf.concat([recon, openl], 1) + 0.5
+        truth = models.preprocess(data["image"]) + 0.5
+        video = tf.concat([truth, model, (model - truth + 1) / 2], 2)
+        video = tf.transpose(video, [1, 2, 0, 3, 4])  # time, rows, sequences, width, c
+        shape = tf.shape(video)
+        video = tf.reshape(video, [shape[0], shape[1], shape[2] * shape[3], shape[4]])
+        return tf.cast(tf.clip_by_value(video, 0, 1) * 255, tf.uint8)
+
     def _actor_stats(self, feat) -> dict:
         dist = self.actor(tf.stop_gradient(feat))
         stats = dict(actor_ent=tf.reduce_mean(dist.entropy()))
@@ -379,44 +410,70 @@ def random_actions(batch, size: int, discrete: bool):
 class Driver:
     """Steps a batch of environment workers with a policy and records
     episodes: the first step holds the reset observation with zero action and
-    reward; action[t] is the action that led to obs[t]."""
+    reward; action[t] is the action that led to obs[t]. A worker that dies is
+    restarted and its partial episode dropped."""
 
-    def __init__(self, envs: list, on_episode):
+    def __init__(self, envs: list, on_episode, on_step=None):
         self._envs = envs
         self._on_episode = on_episode
+        self._on_step = on_step
         self._obs = [None] * len(envs)
         self._episodes = [None] * len(envs)
         self._state = None
         self._zero = np.zeros(envs[0].act_space["shape"], np.float32)
+        self.restarts = 0
 
-    def reset_state(self) -> None:
+    def reset(self) -> None:
+        """Starts every environment on a new episode with a fresh agent state."""
+        self._obs = [None] * len(self._envs)
         self._state = None
 
-    def __call__(self, policy, steps: int) -> int:
-        """Runs at least `steps` agent steps per batch; returns agent steps."""
-        done_steps = 0
-        while done_steps < steps:
-            reset = np.array([obs is None for obs in self._obs], np.float32)
-            promises = [env.reset_async() if obs is None else None
-                        for env, obs in zip(self._envs, self._obs)]
-            for i, promise in enumerate(promises):
-                if promise:
-                    self._obs[i] = promise()
-                    self._episodes[i] = [self._transition(self._obs[i], self._zero, 1.0)]
+    def __call__(self, policy, steps: int = 0, episodes: int = 0) -> int:
+        """Runs until at least `steps` agent steps (summed over environments)
+        and `episodes` finished episodes; returns the agent steps taken."""
+        done_steps = done_episodes = 0
+        while done_steps < steps or done_episodes < episodes:
+            reset = self._reset_finished()
             obs = {k: np.stack([o[k] for o in self._obs]) for k in self._obs[0]}
             action, self._state = policy(obs, self._state, reset)
             promises = [env.step_async(a) for env, a in zip(self._envs, action)]
             for i, promise in enumerate(promises):
-                obs, _, done, info = promise()
+                try:
+                    obs, _, done, info = promise()
+                except wrappers.WorkerCrashed as e:
+                    self._restart(i, e)
+                    continue
                 self._episodes[i].append(self._transition(obs, action[i], info["discount"]))
                 self._obs[i] = obs
                 if done:
-                    episode = {k: np.stack([t[k] for t in self._episodes[i]])
-                               for k in self._episodes[i][0]}
-                    self._on_episode(episode)
+                    self._on_episode({k: np.stack([t[k] for t in self._episodes[i]])
+                                      for k in self._episodes[i][0]})
                     self._obs[i] = self._episodes[i] = None
+                    done_episodes += 1
             done_steps += len(self._envs)
+            if self._on_step:
+                self._on_step(len(self._envs))
         return done_steps
+
+    def _reset_finished(self) -> np.ndarray:
+        reset = np.array([obs is None for obs in self._obs], np.float32)
+        while any(obs is None for obs in self._obs):
+            promises = {i: self._envs[i].reset_async()
+                        for i, obs in enumerate(self._obs) if obs is None}
+            for i, promise in promises.items():
+                try:
+                    self._obs[i] = promise()
+                except wrappers.WorkerCrashed as e:
+                    self._restart(i, e)
+                    continue
+                self._episodes[i] = [self._transition(self._obs[i], self._zero, 1.0)]
+        return reset
+
+    def _restart(self, index: int, error: Exception) -> None:
+        print(f"{error} Restarting it; its episode in flight is dropped.", file=sys.stderr)
+        self._envs[index].restart()
+        self._obs[index] = self._episodes[index] = None
+        self.restarts += 1
 
     @staticmethod
     def _transition(obs: dict, action, discount) -> dict:
@@ -493,10 +550,15 @@ def set_precision(precision: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
+    if config.summary:
+        print(summarize(pathlib.Path(config.logdir)))
+        return
     logdir = prepare_logdir(config)
     lock = lock_logdir(logdir)  # noqa: F841 (held until exit)
+    tools.remove_temporaries(logdir)  # Left by a killed run; the lock says none is live.
     tools.atomic_write(logdir / "config.yaml",
-                       yaml.safe_dump(vars(config), sort_keys=False).encode())
+                       yaml.safe_dump({k: getattr(config, k) for k in DEFAULTS},
+                                      sort_keys=False).encode())
     random.seed(config.seed)
     np.random.seed(config.seed)
     tf.random.set_seed(config.seed)
@@ -506,9 +568,17 @@ def main(argv: list[str] | None = None) -> None:
     test_envs = make_envs(config, 1, config.seed + 1000)
     try:
         run(config, logdir, train_envs, test_envs)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"dreamer.py: error: disk full writing {e.filename or logdir}; the last "
+              "checkpoint and all complete episodes are intact: free space and rerun "
+              "the same command to resume.", file=sys.stderr)
+        sys.exit(1)
     finally:
         for env in train_envs + test_envs:
             env.close()
+    print(summarize(logdir))
 
 
 def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None:
@@ -516,6 +586,8 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
     replay = tools.Replay(logdir / "episodes", config.replay_cache, config.seed)
     step = replay.steps * config.action_repeat
     print(f"Logdir {logdir}: {replay.episodes} episodes, {step} env steps stored.")
+    progress = tools.Progress(config.steps, step)
+    wall_time = tools.Stopwatch(logdir)
 
     def on_train_episode(episode):
         replay.add(tools.save_episode(logdir / "episodes", episode), episode)
@@ -525,16 +597,19 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
     def on_test_episode(episode):
         logger.scalar("test/return", episode["reward"].sum())
         logger.scalar("test/length", (len(episode["reward"]) - 1) * config.action_repeat)
+        if config.log_videos:
+            logger.video(step, "test/video", "test", episode["image"])
 
     act_space = train_envs[0].act_space
     obs_space = train_envs[0].obs_space
-    train_driver = Driver(train_envs, on_train_episode)
+    train_driver = Driver(train_envs, on_train_episode,
+                          lambda n: progress.update(n * config.action_repeat))
     test_driver = Driver(test_envs, on_test_episode)
 
     if step < config.prefill:
+        progress.phase("prefill")
         print(f"Prefill with random actions to {config.prefill} env steps.")
-        discrete = act_space["discrete"]
-        size = act_space["shape"][0]
+        discrete, size = act_space["discrete"], act_space["shape"][0]
 
         def random_policy(obs, state, reset):
             return random_actions(len(reset), size, discrete).numpy(), None
@@ -552,10 +627,22 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
             "discount": ((), np.float32)}
     dataset = iter(tools.make_dataset(replay, spec, config.batch_size, config.batch_length))
 
+    nonfinite = 0
+
     def train(steps):
+        nonlocal nonfinite
+        progress.phase("train")
         for _ in range(steps):
-            for name, value in agent.train(next(dataset)).items():
+            metrics = {k: float(v) for k, v in agent.train(next(dataset)).items()}
+            for name, value in metrics.items():
                 logger.scalar(f"train/{name}", value)
+            skipped = any(v for k, v in metrics.items() if k.endswith("_nonfinite"))
+            nonfinite = nonfinite + 1 if skipped else 0
+            if nonfinite >= config.max_nonfinite:
+                logger.write(step)
+                sys.exit(f"dreamer.py: error: {nonfinite} train steps in a row had non-finite "
+                         "losses or gradients and were skipped; stopping. The checkpoints in "
+                         f"{checkpoints} hold the last good weights.")
 
     if restore_checkpoint(agent, checkpoints):
         print(f"Resumed from checkpoint at step {int(agent.step.numpy())}.")
@@ -571,14 +658,15 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
     last_time, last_step = time.time(), step
     while True:
         if should_eval(step) or step >= config.steps:
-            test_driver.reset_state()
-            test_driver(policy(False), 1)
-            while test_driver._obs[0] is not None:
-                test_driver(policy(False), 1)
+            progress.phase("eval")
+            test_driver.reset()
+            test_driver(policy(False), episodes=1)
             save_checkpoint(agent, checkpoints, step)
+            logger.scalar("wall_time", wall_time())
             logger.write(step)
         if step >= config.steps:
             break
+        progress.phase("collect")
         frames = min(config.train_every, config.steps - step)
         step += train_driver(policy(True), -(-frames // config.action_repeat)) * (
             config.action_repeat)
@@ -586,9 +674,37 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
         if should_log(step):
             now = time.time()
             logger.scalar("fps", (step - last_step) / (now - last_time))
+            logger.scalar("env_restarts", train_driver.restarts + test_driver.restarts)
+            logger.scalar("wall_time", wall_time())
+            if config.log_videos:
+                video = agent.open_loop(next(dataset)).numpy()
+                logger.video(step, "agent/openl", "openl", video)
             last_time, last_step = now, step
             logger.write(step)
+    progress.close()
     print(f"Done: {step} env steps in {logdir}.")
+
+
+def summarize(logdir: pathlib.Path) -> str:
+    """Final and best eval return, env steps, wall-clock time, where videos
+    and plots are; draws the plot against the paper's curve."""
+    metrics = tools.read_metrics(logdir)
+    if not metrics:
+        return f"No metrics in {logdir} yet."
+    evals = [(m["step"], m["test/return"]) for m in metrics if "test/return" in m]
+    hours = max((m.get("wall_time", 0) for m in metrics), default=0) / 3600
+    lines = [f"Run {logdir}: {metrics[-1]['step']} env steps, {hours:.2f} h wall-clock."]
+    if evals:
+        best = max(evals, key=lambda e: e[1])
+        lines.append(f"Eval return: final {evals[-1][1]:.1f} (step {evals[-1][0]}), "
+                     f"best {best[1]:.1f} (step {best[0]}), {len(evals)} evaluations.")
+        with contextlib.redirect_stdout(io.StringIO()):
+            plots = plotting.main(["--indir", str(logdir), "--outdir", str(logdir / "plots")])
+        lines.append(f"Plots: {', '.join(str(p) for p in plots)}")
+    videos = logdir / "videos"
+    if videos.exists():
+        lines.append(f"Videos: {videos}/ (test_<step>.gif, openl_<step>.gif)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,17 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import sys
+import time
 import uuid
 from collections.abc import Callable
 
+import imageio.v3 as iio
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+import tqdm
 
 tfd = tfp.distributions
 
@@ -35,6 +39,14 @@ def atomic_write(path: pathlib.Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(logdir: pathlib.Path) -> None:
+    """Deletes the temporary files and folders of writes a killed run left."""
+    for path in pathlib.Path(logdir).glob("**/.*.tmp"):
+        path.unlink(missing_ok=True)
+    for path in pathlib.Path(logdir).glob("checkpoint/.tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # Episodes on disk.
@@ -281,6 +293,58 @@ class Every:
 # Logging.
 
 
+def encode_gif(frames: np.ndarray, fps: int = 20) -> bytes:
+    """(time, height, width, channels) uint8 -> animated GIF; no ffmpeg needed."""
+    frames = np.asarray(frames, np.uint8)
+    if frames.shape[-1] == 1:
+        frames = frames[..., 0]
+    return iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
+
+
+def read_metrics(logdir: pathlib.Path) -> list[dict]:
+    """Records of metrics.jsonl; a line cut short by a killed run is skipped."""
+    path = pathlib.Path(logdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+class Stopwatch:
+    """Wall-clock seconds of a run, counted on across resumes."""
+
+    def __init__(self, logdir: pathlib.Path):
+        times = [m["wall_time"] for m in read_metrics(logdir) if "wall_time" in m]
+        self._offset = max(times, default=0.0)
+        self._start = time.time()
+
+    def __call__(self) -> float:
+        return self._offset + time.time() - self._start
+
+
+class Progress:
+    """A live bar over env steps towards --steps (frames/s, time left) on a
+    terminal; nothing otherwise, where the log lines tell the progress."""
+
+    def __init__(self, total: int, initial: int):
+        self._bar = tqdm.tqdm(total=total, initial=initial, unit="frames", dynamic_ncols=True,
+                              disable=not sys.stdout.isatty())
+
+    def phase(self, name: str) -> None:
+        self._bar.set_description(name)
+
+    def update(self, frames: int) -> None:
+        self._bar.update(frames)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
 class Logger:
     """Scalars to metrics.jsonl, TensorBoard and the console; each record
     carries the env step (frames)."""
@@ -289,9 +353,34 @@ class Logger:
         self._logdir = pathlib.Path(logdir)
         self._writer = tf.summary.create_file_writer(str(self._logdir))
         self._scalars: dict[str, list] = collections.defaultdict(list)
+        self._end_last_line(self._logdir / "metrics.jsonl")
+
+    @staticmethod
+    def _end_last_line(path: pathlib.Path) -> None:
+        """A killed run may have cut the last line short: end it, so that the
+        next record starts on a line of its own."""
+        if not path.exists() or not path.stat().st_size:
+            return
+        with path.open("rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
     def scalar(self, name: str, value) -> None:
         self._scalars[name].append(float(value))
+
+    def video(self, step: int, tag: str, name: str, frames: np.ndarray) -> None:
+        """An animated GIF to videos/<name>_<step>.gif and to TensorBoard,
+        whose image dashboard plays GIFs."""
+        gif = encode_gif(frames)
+        (self._logdir / "videos").mkdir(exist_ok=True)
+        atomic_write(self._logdir / "videos" / f"{name}_{step}.gif", gif)
+        height, width = frames.shape[1:3]
+        image = tf.compat.v1.Summary.Image(
+            height=height, width=width, colorspace=frames.shape[-1], encoded_image_string=gif)
+        summary = tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(tag=tag, image=image)])
+        with self._writer.as_default():
+            tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step)
 
     def write(self, step: int, console: bool = True) -> dict:
         record = {k: float(np.mean(v)) for k, v in self._scalars.items()}

@@ -16,6 +16,7 @@ Every environment exposes:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import multiprocessing
 import os
 import pickle
@@ -417,6 +418,16 @@ _DMLAB_INSTALL = (
     '(github.com/google-deepmind/lab: bazel build -c opt '
     '//python/pip_package:build_pip_package), then pip install the wheel.')
 
+
+
+def _dmlab_installed() -> bool:
+    """Whether `import deepmind_lab` can work, without importing it."""
+    try:
+        return importlib.util.find_spec('deepmind_lab') is not None
+    except ValueError:  # Loaded without a spec, e.g. a stand-in module.
+        return True
+
+
 # Paper names whose DMLab-30 level file carries a _train/_test suffix.
 _DMLAB_ALIASES = {
     'rooms_collect_good_objects': 'rooms_collect_good_objects_train',
@@ -507,6 +518,8 @@ def check_task(task: str) -> None:
         _split_dmc_name(name)
     elif kind == 'atari':
         _atari_id(name)
+    elif not _dmlab_installed():
+        raise ValueError(_DMLAB_INSTALL)
 
 
 def make_env(task: str, action_repeat: int, time_limit: int | None,
