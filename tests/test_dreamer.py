@@ -4,6 +4,7 @@ import pathlib
 import subprocess
 import sys
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -195,6 +196,19 @@ def test_debug_run_then_resume(tmp_path):
     first_iterations = saved.get_tensor(iterations[0])
     assert first_iterations > 0
 
+    # Videos: every evaluation episode, and open-loop predictions per log interval.
+    test_videos = sorted((logdir / "videos").glob("test_*.gif"))
+    evals = [m for m in metrics if "test/return" in m]
+    assert len(test_videos) == len(evals)
+    frames = iio.imread(test_videos[-1], index=None)
+    assert frames.shape == (101, 64, 64, 3)
+    openl = sorted((logdir / "videos").glob("openl_*.gif"))
+    assert openl
+    frames = iio.imread(openl[-1], index=None)
+    # Rows truth / model / error; 4 sequences of the debug batch side by side.
+    assert frames.shape == (10, 3 * 64, 4 * 64, 3)
+    assert "Eval return: final" in first.stdout and (logdir / "plots").is_dir()
+
     second = run(logdir, "--task", "dmc_walker_walk", "--configs", "debug", "--steps", "4000")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Prefill" not in second.stdout and "Pretrain" not in second.stdout
@@ -205,3 +219,41 @@ def test_debug_run_then_resume(tmp_path):
     saved = tf.train.load_checkpoint(str(checkpoints[-1] / "ckpt"))
     assert saved.get_tensor(iterations[0]) > first_iterations  # Adam state carried on.
     assert int(checkpoints[-1].name) >= 4000
+
+
+@pytest.mark.slow
+def test_atari_debug_run_then_resume(tmp_path):
+    logdir = tmp_path / "pong"
+    flags = ["--task", "atari_pong", "--configs", "debug", "--steps", "1600",
+             "--log_videos", "False"]
+    first = run(logdir, *flags)
+    assert first.returncode == 0, first.stderr[-3000:]
+    config = (logdir / "config.yaml").read_text()
+    assert "action_dist: onehot" in config and "pcont: true" in config
+    episode = np.load(min((logdir / "episodes").glob("*.npz")))
+    actions = episode["action"][1:]
+    assert actions.shape[1] == 6
+    np.testing.assert_array_equal(actions.sum(-1), 1)  # One-hot.
+    assert set(np.unique(actions)) == {0.0, 1.0}
+    metrics = read_metrics(logdir)
+    pcont = [m["train/pcont_loss"] for m in metrics if "train/pcont_loss" in m]
+    assert pcont and all(np.isfinite(pcont))
+    assert any("test/return" in m for m in metrics)
+    assert not (logdir / "videos").exists()
+    second = run(logdir, *flags[:-3], "2400", "--log_videos", "False")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resumed from checkpoint" in second.stdout and "Prefill" not in second.stdout
+
+
+def test_summary_of_a_logdir(tmp_path, capsys):
+    records = [{"step": 1000, "test/return": 10.0, "wall_time": 60.0},
+               {"step": 2000, "train/return": 3.0},
+               {"step": 3000, "test/return": 30.0, "wall_time": 7200.0},
+               {"step": 4000, "test/return": 20.0, "wall_time": 9000.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    (tmp_path / "config.yaml").write_text("task: dmc_walker_walk\n")
+    dreamer.main(["--logdir", str(tmp_path), "--summary"])
+    out = capsys.readouterr().out
+    assert "4000 env steps, 2.50 h" in out
+    assert "final 20.0 (step 4000), best 30.0 (step 3000), 3 evaluations" in out
+    assert (tmp_path / "plots" / "dmc_walker_walk.png").exists()
