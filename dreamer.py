@@ -47,6 +47,7 @@ DEFAULTS = dict(
     jit=False,
     log_videos=True,
     envs=1,
+    obs="image",
     # Environment.
     action_repeat=2,
     time_limit=1000,
@@ -113,6 +114,7 @@ PRESETS = dict(
 
 CHOICES = dict(
     precision=(16, 32),
+    obs=("image", "state"),
     action_dist=("tanh_normal", "onehot"),
     expl=("additive_gaussian", "epsilon_greedy", "completely_random", "none"),
     clip_rewards=("none", "tanh"),
@@ -170,6 +172,7 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     config = argparse.Namespace(**config, summary=summary)
     try:
         wrappers.check_task(config.task)
+        wrappers.check_obs(config.task, config.obs)
         check_values(config)
     except ValueError as e:
         parser.error(str(e))
@@ -223,9 +226,16 @@ class Dreamer:
         self.config = c = config
         self._act_space = act_space
         size = act_space["shape"][0]
-        self.encoder = models.ConvEncoder(c.cnn_depth)
         self.rssm = models.RSSM(c.stoch_size, c.deter_size, c.deter_size)
-        self.decoder = models.ConvDecoder(c.cnn_depth, shape=obs_space["image"][0])
+        # Pixels (the paper) or the proprioceptive vector (--obs state).
+        self._key = c.obs
+        shape = obs_space[self._key][0]
+        if self._key == "image":
+            self.encoder = models.ConvEncoder(c.cnn_depth)
+            self.decoder = models.ConvDecoder(c.cnn_depth, shape=shape)
+        else:
+            self.encoder = models.DenseEncoder(3, c.num_units)
+            self.decoder = models.DenseHead(shape, 3, c.num_units)
         self.reward = models.DenseHead((), 2, c.num_units)
         self.pcont = models.DenseHead((), 3, c.num_units, dist="binary") if c.pcont else None
         self.value = models.DenseHead((), 3, c.num_units)
@@ -252,8 +262,9 @@ class Dreamer:
 
     def _build(self, obs_space: dict, size: int) -> None:
         """Creates every variable up front, so optimizers and checkpoints see them."""
-        image = tf.zeros((1, 1) + tuple(obs_space["image"][0]), tf.uint8)
-        post, _ = self.rssm.observe(self.encoder(image), tf.zeros((1, 1, size)))
+        shape, dtype = obs_space[self._key]
+        obs = tf.zeros((1, 1) + tuple(shape), dtype)
+        post, _ = self.rssm.observe(self.encoder(obs), tf.zeros((1, 1, size)))
         feat = self.rssm.get_feat(post)
         for head in (self.decoder, self.reward, self.value, self.actor, self.pcont):
             if head is not None:
@@ -265,12 +276,11 @@ class Dreamer:
         c = self.config
         reward = tf.tanh(data["reward"]) if c.clip_rewards == "tanh" else data["reward"]
         with tf.GradientTape() as model_tape:
-            embed = self.encoder(data["image"])
+            embed = self.encoder(data[self._key])
             post, prior = self.rssm.observe(embed, data["action"])
             feat = self.rssm.get_feat(post)
-            likes = dict(
-                image=self.decoder(feat).log_prob(models.preprocess(data["image"])),
-                reward=self.reward(feat).log_prob(reward))
+            likes = {self._key: self.decoder(feat).log_prob(self._target(data)),
+                     "reward": self.reward(feat).log_prob(reward)}
             if self.pcont:
                 target = c.discount * data["discount"]
                 likes["pcont"] = c.pcont_scale * self.pcont(feat).log_prob(target)
@@ -297,6 +307,12 @@ class Dreamer:
         metrics.update(self.value_opt(value_tape, value_loss))
         metrics.update(self._actor_stats(feat))
         return metrics
+
+    def _target(self, data: dict):
+        """What the decoder reconstructs: pixels scaled as the encoder sees them."""
+        if self._key == "image":
+            return models.preprocess(data["image"])
+        return data[self._key]
 
     def imagine_ahead(self, post: dict):
         """H prior steps from every posterior state, actions from the actor;
@@ -335,7 +351,7 @@ class Dreamer:
         (model - truth + 1) / 2; sequences side by side. Returns uint8
         (time, 3 * height, sequences * width, channels)."""
         data = {k: v[:sequences] for k, v in data.items()}
-        embed = self.encoder(data["image"])
+        embed = self.encoder(data[self._key])
         post, _ = self.rssm.observe(embed[:, :context], data["action"][:, :context])
         recon = self.decoder(self.rssm.get_feat(post)).mode()
         last = {k: v[:, -1] for k, v in post.items()}
@@ -367,14 +383,14 @@ class Dreamer:
             state = (latent, tf.zeros((len(reset),) + self._act_space["shape"]))
         amount = self.exploration(step) if training else 0.0
         action, latent = self._policy(
-            tf.constant(obs["image"]), state[0], state[1],
+            tf.constant(obs[self._key]), state[0], state[1],
             tf.constant(reset, tf.float32), training, tf.constant(amount, tf.float32))
         return action.numpy(), (latent, action)
 
-    def _policy_step(self, image, latent, action, reset, training, amount):
+    def _policy_step(self, obs, latent, action, reset, training, amount):
         mask = 1.0 - reset[:, None]
         latent = {k: v * mask for k, v in latent.items()}
-        latent, _ = self.rssm.obs_step(latent, action * mask, self.encoder(image))
+        latent, _ = self.rssm.obs_step(latent, action * mask, self.encoder(obs))
         dist = self.actor(self.rssm.get_feat(latent))
         action = dist.sample() if training else dist.mode()
         return self.explore(action, amount), latent
@@ -534,12 +550,27 @@ def restore_checkpoint(agent: Dreamer, directory: pathlib.Path) -> bool:
     return False
 
 
-def make_envs(config: argparse.Namespace, count: int, seed: int) -> list:
+def make_envs(config: argparse.Namespace, count: int, seed: int, train: bool) -> list:
+    """Environment workers; a lost life ends an Atari episode in training only."""
     ctor = functools.partial(
         wrappers.make_env, config.task, config.action_repeat, config.time_limit,
-        render_fast=config.render_fast, grayscale=config.grayscale)
-    return [wrappers.Parallel(functools.partial(ctor, seed=seed + i), )
-            for i in range(count)]
+        render_fast=config.render_fast, life_done=config.life_done and train,
+        grayscale=config.grayscale, obs=config.obs)
+    return [wrappers.Parallel(functools.partial(ctor, seed=seed + i)) for i in range(count)]
+
+
+def fit_action_space(config: argparse.Namespace, act_space: dict) -> None:
+    """Gymnasium tasks reveal their action space only once built: a discrete
+    one gets the one-hot actor and epsilon-greedy exploration."""
+    if act_space["discrete"] and config.action_dist != "onehot":
+        print("Discrete actions: using --action_dist onehot --expl epsilon_greedy.")
+        config.action_dist = "onehot"
+        if config.expl == "additive_gaussian":
+            config.expl = "epsilon_greedy"
+    elif not act_space["discrete"] and config.action_dist == "onehot":
+        print("dreamer.py: error: --action_dist onehot needs a discrete action space; "
+              f"{config.task} has continuous actions.", file=sys.stderr)
+        sys.exit(2)
 
 
 def set_precision(precision: int) -> None:
@@ -556,17 +587,18 @@ def main(argv: list[str] | None = None) -> None:
     logdir = prepare_logdir(config)
     lock = lock_logdir(logdir)  # noqa: F841 (held until exit)
     tools.remove_temporaries(logdir)  # Left by a killed run; the lock says none is live.
-    tools.atomic_write(logdir / "config.yaml",
-                       yaml.safe_dump({k: getattr(config, k) for k in DEFAULTS},
-                                      sort_keys=False).encode())
     random.seed(config.seed)
     np.random.seed(config.seed)
     tf.random.set_seed(config.seed)
     set_precision(config.precision)
 
-    train_envs = make_envs(config, config.envs, config.seed)
-    test_envs = make_envs(config, 1, config.seed + 1000)
+    train_envs = make_envs(config, config.envs, config.seed, train=True)
+    test_envs = make_envs(config, 1, config.seed + 1000, train=False)
     try:
+        fit_action_space(config, train_envs[0].act_space)
+        tools.atomic_write(logdir / "config.yaml",
+                           yaml.safe_dump({k: getattr(config, k) for k in DEFAULTS},
+                                          sort_keys=False).encode())
         run(config, logdir, train_envs, test_envs)
     except OSError as e:
         if e.errno != errno.ENOSPC:
@@ -597,7 +629,7 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
     def on_test_episode(episode):
         logger.scalar("test/return", episode["reward"].sum())
         logger.scalar("test/length", (len(episode["reward"]) - 1) * config.action_repeat)
-        if config.log_videos:
+        if config.log_videos and "image" in episode:
             logger.video(step, "test/video", "test", episode["image"])
 
     act_space = train_envs[0].act_space
@@ -676,7 +708,7 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
             logger.scalar("fps", (step - last_step) / (now - last_time))
             logger.scalar("env_restarts", train_driver.restarts + test_driver.restarts)
             logger.scalar("wall_time", wall_time())
-            if config.log_videos:
+            if config.log_videos and config.obs == "image":
                 video = agent.open_loop(next(dataset)).numpy()
                 logger.video(step, "agent/openl", "openl", video)
             last_time, last_step = now, step

@@ -108,6 +108,20 @@ class ConvEncoder(keras.layers.Layer):
         return tf.reshape(x, tf.concat([shape[:-3], [np.prod(x.shape[1:])]], 0))
 
 
+class DenseEncoder(keras.layers.Layer):
+    """A state vector -> features (--obs state)."""
+
+    def __init__(self, layers: int = 3, units: int = 400, act="elu"):
+        super().__init__()
+        self.hidden = [dense(units, act) for _ in range(layers)]
+
+    def call(self, state):
+        x = tf.cast(state, self.compute_dtype)
+        for layer in self.hidden:
+            x = layer(x)
+        return x
+
+
 class ConvDecoder(keras.layers.Layer):
     """Feature -> Normal(mean image, 1) over 64x64x3 (PAPER: decoder)."""
 

@@ -1,4 +1,5 @@
-"""Environments for Dreamer: DeepMind Control, Atari, DeepMind Lab, workers.
+"""Environments for Dreamer: DeepMind Control, Atari, DeepMind Lab, Gymnasium,
+workers.
 
 This module must never import TensorFlow, directly or indirectly: MuJoCo's
 software renderer (Mesa) and TensorFlow in one process crash, so environments
@@ -11,11 +12,16 @@ Every environment exposes:
   reset() -> obs; step(action) -> (obs, reward, done, info) with
   info['discount'] = 0.0 at a true terminal and 1.0 otherwise (a time-limit
   cut included); close().
+
+Observations are {'image': uint8 (H, W, C)} by default; DMC and Gymnasium
+tasks also offer obs='state': {'state': float32 (n,)}, a flat vector that
+never renders.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib.util
 import multiprocessing
 import os
@@ -34,8 +40,20 @@ Space = dict[str, tuple[tuple[int, ...], Any]]
 TASK_HELP = (
     'name tasks dmc_<domain>_<task> (e.g. dmc_walker_walk, '
     'dmc_cartpole_balance_sparse, dmc_cup_catch), atari_<game> in snake_case '
-    '(e.g. atari_pong, atari_montezuma_revenge) or dmlab_<level> '
-    '(e.g. dmlab_rooms_collect_good_objects)')
+    '(e.g. atari_pong, atari_montezuma_revenge), dmlab_<level> '
+    '(e.g. dmlab_rooms_collect_good_objects) or gym_<EnvId> with a '
+    'registered Gymnasium id (e.g. gym_Pendulum-v1, gym_CartPole-v1, '
+    'gym_MountainCarContinuous-v0)')
+
+OBS_TYPES = ('image', 'state')
+# Task kinds that offer obs='state' (the others only have images).
+_STATE_KINDS = ('dmc', 'gym')
+
+
+def _check_obs_type(obs: str) -> None:
+    if obs not in OBS_TYPES:
+        raise ValueError(
+            f"Unknown observation type {obs!r}: use 'image' or 'state'.")
 
 
 def _discrete_space(num_actions: int) -> dict:
@@ -96,19 +114,31 @@ def _split_dmc_name(name: str) -> tuple[str, str]:
 
 
 class DeepMindControl:
-    """A dm_control suite task rendered to images, one physics step per call.
+    """A dm_control suite task, one physics step per call.
 
-    step(action, render=False) skips rendering and returns the last rendered
-    image (stale) so ActionRepeat renders once per agent step; the final step
-    of an episode is always rendered so the last frame is never stale.
+    obs='image' renders images: step(action, render=False) skips rendering
+    and returns the last rendered image (stale) so ActionRepeat renders once
+    per agent step; the final step of an episode is always rendered so the
+    last frame is never stale. obs='state' returns {'state': float32 (n,)},
+    every entry of time_step.observation flattened and concatenated in the
+    observation spec's order, and never renders (render= is ignored).
     """
 
     def __init__(self, name: str, size: tuple[int, int] = (64, 64),
                  camera: int | None = None, seed: int = 0,
-                 render_fast: bool = False) -> None:
-        from dm_control import suite
+                 render_fast: bool = False, obs: str = 'image') -> None:
+        _check_obs_type(obs)
+        if obs == 'state':
+            suite = _dmc_suite()  # No renderer needed, even beside TF.
+        else:
+            from dm_control import suite
         domain, task = _split_dmc_name(name)
         self._env = suite.load(domain, task, task_kwargs={'random': seed})
+        self._obs_type = obs
+        spec = self._env.observation_spec()
+        self._state_keys = list(spec)
+        self._state_size = sum(int(np.prod(spec[key].shape))
+                               for key in self._state_keys)
         self._size = tuple(size)  # (height, width)
         self.camera = (2 if domain == 'quadruped' else 0) if camera is None \
             else camera
@@ -123,6 +153,8 @@ class DeepMindControl:
 
     @property
     def obs_space(self) -> Space:
+        if self._obs_type == 'state':
+            return {'state': ((self._state_size,), np.float32)}
         return {'image': (self._size + (3,), np.uint8)}
 
     @property
@@ -139,17 +171,23 @@ class DeepMindControl:
             render_flag_overrides=dict(self.render_flags))
         return self._image
 
+    def _observe(self, time_step: Any, render: bool) -> Obs:
+        if self._obs_type == 'state':
+            return {'state': np.concatenate([
+                np.asarray(time_step.observation[key], np.float32).ravel()
+                for key in self._state_keys])}
+        return {'image': self.render() if render else self._image}
+
     def reset(self) -> Obs:
-        self._env.reset()
-        return {'image': self.render()}
+        return self._observe(self._env.reset(), render=True)
 
     def step(self, action: np.ndarray, render: bool = True) -> Step:
         time_step = self._env.step(np.asarray(action, np.float64))
         done = time_step.last()
-        image = self.render() if render or done else self._image
         discount = np.float32(1.0 if time_step.discount is None
                               else time_step.discount)
-        return {'image': image}, float(time_step.reward or 0.0), done, {
+        obs = self._observe(time_step, render=render or done)
+        return obs, float(time_step.reward or 0.0), done, {
             'discount': discount}
 
     def close(self) -> None:
@@ -507,37 +545,203 @@ class DMLab:
 
 
 # --------------------------------------------------------------------------
+# Gymnasium.
+
+def _gym_id(env_id: str) -> str:
+    """Checks that env_id is in gymnasium.envs.registry (builds nothing)."""
+    import gymnasium
+    if env_id.startswith('ALE/'):
+        raise ValueError(
+            f"Use atari_<game> tasks for Atari, not 'gym_{env_id}' (e.g. "
+            f"atari_pong): they add frame pooling, no-ops and sticky actions.")
+    registry = gymnasium.envs.registry
+    if env_id not in registry:
+        close = difflib.get_close_matches(env_id, list(registry), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ''
+        raise ValueError(
+            f"Unknown Gymnasium environment '{env_id}'{hint}: use an id "
+            f"registered in gymnasium.envs.registry, e.g. gym_Pendulum-v1, "
+            f"gym_CartPole-v1, gym_MountainCarContinuous-v0.")
+    return env_id
+
+
+def _flattenable(space: Any) -> bool:
+    """Whether gymnasium.spaces.flatten gives a sensible float vector."""
+    from gymnasium import spaces
+    if isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiBinary,
+                          spaces.MultiDiscrete)):
+        return True
+    if isinstance(space, spaces.Tuple):
+        return all(_flattenable(inner) for inner in space.spaces)
+    if isinstance(space, spaces.Dict):
+        return all(_flattenable(inner) for inner in space.spaces.values())
+    return False
+
+
+class Gym:
+    """A Gymnasium environment with state or rendered image observations.
+
+    obs='state': {'state': float32 (n,)}, the observation flattened
+    (gymnasium.spaces.flatten: Box values as they are, Discrete as one-hot;
+    Tuple/Dict of those concatenated). obs='image': env.render() resized to
+    `size` (area averaging), uint8; step(action, render=False) returns the
+    last frame (stale) so ActionRepeat renders once per agent step, and the
+    final step of an episode always renders. Box action spaces are
+    continuous (wrap in NormalizeActions); Discrete ones take integer
+    actions (wrap in OneHotAction). terminated ends an episode with discount
+    0, truncated (e.g. the registered max_episode_steps) with discount 1.
+    The seed is passed to the first reset only.
+    """
+
+    def __init__(self, env_id: str, size: tuple[int, int] = (64, 64),
+                 obs: str = 'state', seed: int = 0) -> None:
+        _check_obs_type(obs)
+        if obs == 'image':
+            # Classic control draws with pygame: no display or sound needed.
+            for key in ('SDL_VIDEODRIVER', 'SDL_AUDIODRIVER'):
+                os.environ.setdefault(key, 'dummy')
+            os.environ.setdefault('PYGAME_HIDE_SUPPORT_PROMPT', '1')
+        import gymnasium
+        from gymnasium import spaces
+        self._env = gymnasium.make(
+            env_id, render_mode='rgb_array' if obs == 'image' else None)
+        self._id, self._obs_type, self._size = env_id, obs, tuple(size)
+        self._seed, self._image = seed, None
+        observation_space = self._env.observation_space
+        if obs == 'state':
+            if not _flattenable(observation_space):
+                self._env.close()
+                raise ValueError(
+                    f"Gymnasium env '{env_id}' has an unsupported observation "
+                    f"space {observation_space} for obs='state': use Box, "
+                    f"Discrete (one-hot) or Tuple/Dict of those, or "
+                    f"obs='image'.")
+            self._state_size = int(spaces.flatdim(observation_space))
+        action_space = self._env.action_space
+        self._discrete = isinstance(action_space, spaces.Discrete)
+        if not self._discrete and not isinstance(action_space, spaces.Box):
+            self._env.close()
+            raise ValueError(
+                f"Gymnasium env '{env_id}' has an unsupported action space "
+                f"{action_space}: only Box (continuous) and Discrete are "
+                f"supported.")
+
+    @property
+    def obs_space(self) -> Space:
+        if self._obs_type == 'state':
+            return {'state': ((self._state_size,), np.float32)}
+        return {'image': (self._size + (3,), np.uint8)}
+
+    @property
+    def act_space(self) -> dict:
+        space = self._env.action_space
+        if self._discrete:
+            return _discrete_space(int(space.n))
+        return {'shape': tuple(space.shape), 'discrete': False,
+                'low': np.broadcast_to(space.low, space.shape).astype(
+                    np.float32),
+                'high': np.broadcast_to(space.high, space.shape).astype(
+                    np.float32)}
+
+    def render(self) -> np.ndarray:
+        from PIL import Image
+        frame = self._env.render()
+        if (not isinstance(frame, np.ndarray) or frame.ndim != 3
+                or frame.shape[-1] != 3):
+            raise ValueError(
+                f"Gymnasium env '{self._id}' rendered "
+                f"{getattr(frame, 'shape', type(frame).__name__)}, not an RGB "
+                f"frame: use obs='state'.")
+        height, width = self._size
+        image = Image.fromarray(np.asarray(frame, np.uint8))
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BOX)
+        self._image = np.asarray(image)
+        return self._image
+
+    def _observe(self, observation: Any, render: bool) -> Obs:
+        if self._obs_type == 'state':
+            from gymnasium import spaces
+            return {'state': np.asarray(spaces.flatten(
+                self._env.observation_space, observation), np.float32)}
+        return {'image': self.render() if render else self._image}
+
+    def reset(self) -> Obs:
+        observation, _ = self._env.reset(seed=self._seed)
+        self._seed = None
+        return self._observe(observation, render=True)
+
+    def step(self, action: Any, render: bool = True) -> Step:
+        space = self._env.action_space
+        if self._discrete:
+            action = int(action) + int(space.start)
+        else:
+            action = np.asarray(action, space.dtype).reshape(space.shape)
+        observation, reward, terminated, truncated, _ = self._env.step(action)
+        done = bool(terminated or truncated)
+        return self._observe(observation, render=render or done), float(
+            reward), done, {'discount': np.float32(0.0 if terminated else 1.0)}
+
+    def close(self) -> None:
+        self._env.close()
+
+
+# --------------------------------------------------------------------------
 # Task names.
 
 def check_task(task: str) -> None:
     """Validates a task name cheaply (no environment is built)."""
     kind, _, name = task.partition('_')
-    if not name or kind not in ('dmc', 'atari', 'dmlab'):
+    if not name or kind not in ('dmc', 'atari', 'dmlab', 'gym'):
         raise ValueError(f"Unknown task '{task}': {TASK_HELP}.")
     if kind == 'dmc':
         _split_dmc_name(name)
     elif kind == 'atari':
         _atari_id(name)
+    elif kind == 'gym':
+        _gym_id(name)
     elif not _dmlab_installed():
         raise ValueError(_DMLAB_INSTALL)
+
+
+def check_obs(task: str, obs: str) -> None:
+    """Validates an observation type for a task name (builds nothing).
+
+    obs='state' exists for dmc_ and gym_ tasks only.
+    """
+    _check_obs_type(obs)
+    kind = task.partition('_')[0]
+    if obs == 'state' and kind not in _STATE_KINDS:
+        raise ValueError(
+            f"obs='state' is only available for dmc_ and gym_ tasks, not "
+            f"'{task}': use obs='image'.")
 
 
 def make_env(task: str, action_repeat: int, time_limit: int | None,
              size: tuple[int, int] = (64, 64), seed: int = 0,
              render_fast: bool = False, life_done: bool = False,
-             grayscale: bool = False) -> Any:
-    """Builds a wrapped environment for 'dmc_*', 'atari_*' or 'dmlab_*'.
+             grayscale: bool = False, obs: str = 'image') -> Any:
+    """Builds a wrapped environment for 'dmc_*', 'atari_*', 'dmlab_*' or
+    'gym_*'.
 
     time_limit is in env frames (None: no extra limit); life_done applies to
-    Atari only, render_fast to DMC only; grayscale is Atari only.
+    Atari only, render_fast to DMC only; grayscale is Atari only; obs is
+    'image' or 'state' (DMC and Gymnasium only, see check_obs).
     """
     check_task(task)
+    check_obs(task, obs)
     kind, _, name = task.partition('_')
     if grayscale and kind != 'atari':
         raise ValueError(f"grayscale is only supported for Atari, not '{task}'.")
     if kind == 'dmc':
-        env = DeepMindControl(name, size, seed=seed, render_fast=render_fast)
+        env = DeepMindControl(name, size, seed=seed, render_fast=render_fast,
+                              obs=obs)
         env = NormalizeActions(ActionRepeat(env, action_repeat))
+    elif kind == 'gym':
+        env = Gym(name, size, obs=obs, seed=seed)
+        wrapper = OneHotAction if env.act_space['discrete'] \
+            else NormalizeActions
+        env = wrapper(ActionRepeat(env, action_repeat))
     elif kind == 'atari':
         env = OneHotAction(Atari(
             name, action_repeat, size, grayscale=grayscale,

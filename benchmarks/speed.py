@@ -344,8 +344,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
         peak = results["matmul"][result["peak_dtype"]]["gflops_median"]
         result["fraction_of_matmul"] = result["achieved_gflops"] / peak
         results["grad_step"].append(result)
+        print(f"  median {result['seconds']['median']:.3f} s, "
+              f"{result['achieved_gflops']:.0f} GFLOP/s", flush=True)
     print("Policy latency.", flush=True)
     results["policy_ms"] = policy_latency(agent, settings["policy_calls"])
+    print(f"  median {results['policy_ms']['median']:.2f} ms", flush=True)
     del agent
     print("Environment steps.", flush=True)
     results["env_step"] = {f"render_fast={fast}": env_step_time(config, fast,

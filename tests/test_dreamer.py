@@ -257,3 +257,31 @@ def test_summary_of_a_logdir(tmp_path, capsys):
     assert "4000 env steps, 2.50 h" in out
     assert "final 20.0 (step 4000), best 30.0 (step 3000), 3 evaluations" in out
     assert (tmp_path / "plots" / "dmc_walker_walk.png").exists()
+
+
+def test_state_observations_train_step():
+    config = parse("--configs", "debug", "--obs", "state")
+    agent = dreamer.Dreamer(config, {"state": ((5,), np.float32), "reward": ((), np.float32)},
+                            {"shape": (1,), "discrete": False})
+    data = batch(act_size=1)
+    data["state"] = tf.random.normal((4, 10, 5))
+    del data["image"]
+    metrics = agent.train(data)
+    assert np.isfinite(metrics["state_loss"].numpy()) and "image_loss" not in metrics
+    action, _ = agent.policy({"state": np.zeros((1, 5), np.float32)}, None, np.ones(1), True, 0)
+    assert action.shape == (1, 1)
+
+
+@pytest.mark.slow
+def test_gymnasium_task_with_state_and_discrete_actions(tmp_path):
+    logdir = tmp_path / "cartpole"
+    result = run(logdir, "--task", "gym_CartPole-v1", "--obs", "state", "--configs", "debug",
+                 "--steps", "1200")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = (logdir / "config.yaml").read_text()
+    assert "action_dist: onehot" in config and "expl: epsilon_greedy" in config
+    with np.load(min((logdir / "episodes").glob("*.npz"))) as episode:
+        assert episode["state"].shape[1:] == (4,) and "image" not in episode
+        np.testing.assert_array_equal(episode["action"][1:].sum(-1), 1)
+        assert episode["discount"][-1] in (0.0, 1.0)
+    assert any("test/return" in m for m in read_metrics(logdir))

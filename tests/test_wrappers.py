@@ -194,9 +194,145 @@ def test_dmc_non_render_steps_reuse_image():
     assert obs['image'] is first and not done
 
 
+def test_dmc_state_obs_never_renders(monkeypatch):
+    def no_render(self):
+        raise AssertionError('rendered with obs=state')
+    monkeypatch.setattr(wrappers.DeepMindControl, 'render', no_render)
+    env = wrappers.make_env('dmc_cartpole_balance', 2, 1000, obs='state')
+    assert env.obs_space == {'state': ((5,), np.float32),
+                             'reward': ((), np.float32)}
+    assert env.act_space['shape'] == (1,)
+    first = env.reset()
+    assert first.keys() == {'state', 'reward'}
+    assert first['state'].shape == (5,) and first['state'].dtype == np.float32
+    # Spec order: position (cart x, pole cos, pole sin), then velocity.
+    np.testing.assert_allclose(first['state'][1] ** 2 + first['state'][2] ** 2,
+                               1, rtol=1e-5)
+    obs = first
+    for _ in range(5):
+        obs, reward, done, info = env.step(np.ones(1, np.float32))
+        assert obs['state'].shape == (5,) and obs['state'].dtype == np.float32
+        assert not done and info['discount'] == 1.0 and reward > 0
+    assert not np.allclose(obs['state'], first['state'])
+    # No rendering context was ever made.
+    assert env.physics._contexts is None
+    env.close()
+
+
+def _gym(env):
+    """The Gym instance inside a make_env stack."""
+    while not isinstance(env, wrappers.Gym):
+        env = env._env
+    return env
+
+
+def test_gym_pendulum_state_and_continuous_actions():
+    env = wrappers.make_env('gym_Pendulum-v1', 2, None, obs='state')
+    assert env.obs_space == {'state': ((3,), np.float32),
+                             'reward': ((), np.float32)}
+    space = env.act_space
+    assert space['shape'] == (1,) and not space['discrete']
+    np.testing.assert_array_equal(space['low'], [-1])
+    np.testing.assert_array_equal(space['high'], [1])
+    obs = env.reset()
+    assert obs['state'].shape == (3,) and obs['state'].dtype == np.float32
+    pendulum = _gym(env)._env.unwrapped
+    # [-1, 1] maps to the native torque range [-2, 2].
+    for action, torque in ((1.0, 2.0), (-0.5, -1.0), (3.0, 2.0)):
+        obs, reward, done, info = env.step(np.array([action], np.float32))
+        assert pendulum.last_u == pytest.approx(torque)
+        assert obs['state'].shape == (3,) and obs['state'].dtype == np.float32
+        assert not done and info['discount'] == 1.0 and reward <= 0
+    # The registered 200-step limit is a cut: 100 agent steps at repeat 2.
+    steps = 3
+    while not done:
+        _, _, done, info = env.step(np.zeros(1, np.float32))
+        steps += 1
+    assert steps == 100 and info['discount'] == 1.0
+    env.close()
+
+
+def test_gym_seed_makes_first_reset_repeatable():
+    first = [wrappers.Gym('Pendulum-v1', seed=3).reset()['state']
+             for _ in range(2)]
+    other = wrappers.Gym('Pendulum-v1', seed=4).reset()['state']
+    np.testing.assert_array_equal(first[0], first[1])
+    assert not np.allclose(first[0], other)
+
+
+def test_gym_cartpole_discrete_terminates_with_discount_zero():
+    env = wrappers.make_env('gym_CartPole-v1', 1, 1000, obs='state')
+    assert env.obs_space['state'] == ((4,), np.float32)
+    space = env.act_space
+    assert space['discrete'] and space['shape'] == (2,)
+    rng = np.random.default_rng(0)
+    env.reset()
+    with pytest.raises(ValueError, match='one-hot'):
+        env.step(np.full(2, 0.5, np.float32))
+    for steps in range(1, 500):
+        obs, _, done, info = env.step(wrappers.random_action(space, rng))
+        assert obs['state'].shape == (4,)
+        if done:
+            break
+    # Random play drops the pole long before the 500-step truncation.
+    assert done and steps < 500 and info['discount'] == 0.0
+    env.close()
+
+
+def test_gym_discrete_observations_are_one_hot():
+    env = wrappers.make_env('gym_FrozenLake-v1', 1, None, obs='state')
+    assert env.obs_space['state'] == ((16,), np.float32)
+    assert env.act_space['shape'] == (4,)
+    obs = env.reset()
+    np.testing.assert_array_equal(obs['state'], np.eye(16)[0])
+    obs = env.step(np.eye(4, dtype=np.float32)[1])[0]
+    assert obs['state'].sum() == 1 and obs['state'].dtype == np.float32
+
+
+def test_gym_image_obs_renders_once_per_agent_step():
+    env = wrappers.make_env('gym_CartPole-v1', 2, 1000)
+    assert env.obs_space == {'image': ((64, 64, 3), np.uint8),
+                             'reward': ((), np.float32)}
+    obs = env.reset()
+    assert obs['image'].shape == (64, 64, 3) and obs['image'].dtype == np.uint8
+    assert obs['image'].min() < 128 < obs['image'].max()  # Cart on white.
+    gym = _gym(env)
+    renders = []
+    original = gym.render
+    gym.render = lambda: renders.append(1) or original()
+    obs, _, done, info = env.step(np.eye(2, dtype=np.float32)[0])
+    assert obs['image'].shape == (64, 64, 3) and obs['image'].dtype == np.uint8
+    assert len(renders) == 1 and not done and info['discount'] == 1.0
+    env.close()
+
+
+def _text_env(render_mode=None):
+    """A Gymnasium env with text observations and MultiDiscrete actions."""
+    import gymnasium
+    from gymnasium import spaces
+    env = gymnasium.Env()
+    env.observation_space = spaces.Text(5)
+    env.action_space = spaces.MultiDiscrete([2, 2])
+    env.render_mode = render_mode
+    return env
+
+
+def test_gym_unsupported_spaces_raise_value_error(monkeypatch):
+    import gymnasium
+    spec = gymnasium.envs.registration.EnvSpec(
+        'TextWorld-v0', entry_point=_text_env, disable_env_checker=True)
+    monkeypatch.setitem(gymnasium.envs.registry, 'TextWorld-v0', spec)
+    wrappers.check_task('gym_TextWorld-v0')
+    with pytest.raises(ValueError, match='unsupported observation space'):
+        wrappers.Gym('TextWorld-v0', obs='state')
+    with pytest.raises(ValueError, match='unsupported action space'):
+        wrappers.Gym('TextWorld-v0', obs='image')
+
+
 @pytest.mark.parametrize('task', [
     'dmc_walker_fly', 'dmc_foo_bar', 'dmc_walker', 'walker_walk', 'atari_xyz',
-    'atari_Pong', 'gym_cartpole', 'dmc', ''])
+    'atari_Pong', 'gym_cartpole', 'dmc', '', 'gym_NoSuchEnv-v0', 'gym_',
+    'gym_CartPole-v9', 'gym_ALE/Pong-v5', 'gymnasium_CartPole-v1'])
 def test_unknown_tasks_raise_value_error(task):
     with pytest.raises(ValueError) as error:
         wrappers.check_task(task)
@@ -208,9 +344,42 @@ def test_unknown_tasks_raise_value_error(task):
 @pytest.mark.parametrize('task', [
     'dmc_walker_walk', 'dmc_cartpole_balance_sparse', 'dmc_cup_catch',
     'dmc_ball_in_cup_catch', 'dmc_humanoid_CMU_run', 'atari_pong',
-    'atari_montezuma_revenge', 'atari_kung_fu_master'])
+    'atari_montezuma_revenge', 'atari_kung_fu_master', 'gym_Pendulum-v1',
+    'gym_CartPole-v1', 'gym_MountainCarContinuous-v0'])
 def test_known_tasks_pass_check(task):
     wrappers.check_task(task)
+
+
+def test_unknown_gym_id_message_names_the_registry():
+    with pytest.raises(ValueError) as error:
+        wrappers.check_task('gym_NoSuchEnv-v0')
+    message = str(error.value)
+    assert '\n' not in message and "'NoSuchEnv-v0'" in message
+    assert 'gymnasium.envs.registry' in message
+    with pytest.raises(ValueError, match='did you mean CartPole-v1'):
+        wrappers.check_task('gym_CartPole-v9')
+    assert 'gym_<EnvId>' in wrappers.TASK_HELP
+
+
+@pytest.mark.parametrize('task', [
+    'atari_pong', 'dmlab_rooms_collect_good_objects'])
+def test_state_obs_only_for_dmc_and_gym(task):
+    with pytest.raises(ValueError) as error:
+        wrappers.check_obs(task, 'state')
+    assert '\n' not in str(error.value) and 'dmc_ and gym_' in str(error.value)
+    wrappers.check_obs(task, 'image')
+    # make_env refuses before building anything (dmlab is not installed).
+    with pytest.raises(ValueError, match="obs='state'"):
+        wrappers.make_env('atari_pong', 4, 1000, obs='state')
+
+
+def test_check_obs():
+    for task in ('dmc_walker_walk', 'gym_Pendulum-v1'):
+        wrappers.check_obs(task, 'state')
+        wrappers.check_obs(task, 'image')
+    with pytest.raises(ValueError) as error:
+        wrappers.check_obs('dmc_walker_walk', 'pixels')
+    assert '\n' not in str(error.value) and "'pixels'" in str(error.value)
 
 
 def test_dmlab_task_check_needs_the_module(monkeypatch):
