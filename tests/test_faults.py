@@ -61,6 +61,7 @@ class Run:
                 [sys.executable, str(script or ROOT / "dreamer.py"),
                  "--logdir", str(logdir), *flags],
                 stdout=out, stderr=err, env=ENV, cwd=ROOT)
+        self.t0 = time.monotonic()
 
     @property
     def stdout(self) -> str:
@@ -77,7 +78,9 @@ class Run:
 
     def wait(self, timeout: float = 300) -> int:
         try:
-            return self.proc.wait(timeout)
+            r = self.proc.wait(timeout)
+            print("DONE", time.monotonic() - self.t0, file=sys.stderr)
+            return r
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"run did not finish in {timeout} s:\n{self.stderr[-3000:]}")
@@ -98,6 +101,7 @@ class Run:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(60)
+        print("KILL", time.monotonic() - self.t0, file=sys.stderr)
 
 
 def read_metrics(logdir: pathlib.Path) -> list[dict]:
