@@ -20,10 +20,29 @@ import uuid
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import keras
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """TensorFlow's C++ start-up logs ignore TF_CPP_MIN_LOG_LEVEL: silence the
+    stderr file descriptor while it loads; Python errors still show."""
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+with quiet_stderr():
+    import keras
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+
+    tf.config.list_physical_devices()  # Its device probe logs too.
+
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
 import yaml
 
 import models
@@ -91,17 +110,11 @@ DEFAULTS = dict(
 )
 
 # Applied by task prefix before --configs presets (PAPER: discrete actions).
-SUITES = dict(
-    dmc={},
-    atari=dict(
-        action_repeat=4, time_limit=108000, pcont=True, horizon=10, kl_scale=0.1,
-        clip_rewards="tanh", action_dist="onehot", expl="epsilon_greedy",
-        expl_amount=0.4, expl_decay=200000, expl_min=0.1),
-    dmlab=dict(
-        action_repeat=4, time_limit=108000, pcont=True, horizon=10, kl_scale=0.1,
-        clip_rewards="tanh", action_dist="onehot", expl="epsilon_greedy",
-        expl_amount=0.4, expl_decay=200000, expl_min=0.1),
-)
+DISCRETE = dict(
+    action_repeat=4, time_limit=108000, pcont=True, horizon=10, kl_scale=0.1,
+    clip_rewards="tanh", action_dist="onehot", expl="epsilon_greedy",
+    expl_amount=0.4, expl_decay=200000, expl_min=0.1)
+SUITES = dict(dmc={}, atari=DISCRETE, dmlab=DISCRETE)
 
 PRESETS = dict(
     # Runs on a few CPU cores: a third of the batch and half the dense units;
@@ -505,7 +518,8 @@ class Driver:
 
 def lock_logdir(logdir: pathlib.Path):
     """An exclusive lock, so that two runs never write into one logdir."""
-    handle = open(logdir / ".lock", "w")  # noqa: SIM115 (held until the process exits)
+    # Append mode: a refused run must not even truncate the file.
+    handle = open(logdir / ".lock", "a")  # noqa: SIM115 (held until the process exits)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -533,9 +547,13 @@ def save_checkpoint(agent: Dreamer, directory: pathlib.Path, step: int, keep: in
     tmp = directory / f".tmp-{uuid.uuid4().hex}"
     agent.checkpoint.write(str(tmp / "ckpt"))
     target = directory / f"{step:012d}"
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    if target.exists():  # Move the old one aside first: a directory rename needs a free name.
+        old = directory / f".tmp-{uuid.uuid4().hex}"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)
     for old in sorted(directory.glob("[0-9]*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -548,8 +566,10 @@ def restore_checkpoint(agent: Dreamer, directory: pathlib.Path) -> bool:
             agent.checkpoint.read(str(path / "ckpt")).assert_existing_objects_matched()
             return True
         except Exception as e:  # noqa: BLE001 (a damaged checkpoint must not stop the run)
-            print(f"Skipping unreadable checkpoint {path.name}: {type(e).__name__}",
-                  file=sys.stderr)
+            # Kept for inspection under a name that is neither loaded nor pruned.
+            print(f"Skipping unreadable checkpoint {path.name}: {type(e).__name__}; "
+                  f"moved to corrupt-{path.name}", file=sys.stderr)
+            os.replace(path, path.with_name(f"corrupt-{path.name}"))
     return False
 
 
@@ -619,8 +639,11 @@ def main(argv: list[str] | None = None) -> None:
 def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None:
     logger = tools.Logger(logdir)
     replay = tools.Replay(logdir / "episodes", config.replay_cache, config.seed)
-    step = replay.steps * config.action_repeat
-    print(f"Logdir {logdir}: {replay.episodes} episodes, {step} env steps stored.")
+    stored = replay.steps * config.action_repeat
+    # Frames of episodes a killed run left unfinished still count: the step
+    # never goes back behind what was logged.
+    step = max([stored] + [m["step"] for m in tools.read_metrics(logdir)])
+    print(f"Logdir {logdir}: {replay.episodes} episodes, {stored} env steps stored.")
     progress = tools.Progress(config.steps, step)
     wall_time = tools.Stopwatch(logdir)
 
@@ -679,7 +702,8 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
                          "losses or gradients and were skipped; stopping. The checkpoints in "
                          f"{checkpoints} hold the last good weights.")
 
-    if restore_checkpoint(agent, checkpoints):
+    resumed = restore_checkpoint(agent, checkpoints)
+    if resumed:
         print(f"Resumed from checkpoint at step {int(agent.step.numpy())}.")
     else:
         print(f"Pretrain for {config.pretrain} gradient steps.")
@@ -688,7 +712,8 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
     def policy(training):
         return lambda obs, state, reset: agent.policy(obs, state, reset, training, step)
 
-    should_eval = tools.Every(config.eval_every)
+    # A resumed run evaluated at its checkpoint already.
+    should_eval = tools.Every(config.eval_every, int(agent.step.numpy()) if resumed else None)
     should_log = tools.Every(config.log_every)
     last_time, last_step = time.time(), step
     while True:

@@ -272,11 +272,12 @@ def schedule(step: float, start: float, decay: float, floor: float) -> float:
 
 
 class Every:
-    """True once each time `step` passes another multiple of `every`."""
+    """True at the first call (unless the `last` step that fired is given),
+    then once each time `step` reaches `every` more steps."""
 
-    def __init__(self, every: float):
+    def __init__(self, every: float, last: int | None = None):
         self._every = every
-        self._last = None
+        self._last = last
 
     def __call__(self, step: int) -> bool:
         if not self._every:

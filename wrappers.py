@@ -97,6 +97,12 @@ def _dmc_suite() -> Any:
     return suite
 
 
+def _obs_space(obs_type: str, size: tuple[int, int], state_size: int) -> Space:
+    if obs_type == 'state':
+        return {'state': ((state_size,), np.float32)}
+    return {'image': (tuple(size) + (3,), np.uint8)}
+
+
 def _split_dmc_name(name: str) -> tuple[str, str]:
     """'cartpole_balance_sparse' -> ('cartpole', 'balance_sparse')."""
     domains = dict(_dmc_suite().TASKS_BY_DOMAIN)
@@ -153,9 +159,7 @@ class DeepMindControl:
 
     @property
     def obs_space(self) -> Space:
-        if self._obs_type == 'state':
-            return {'state': ((self._state_size,), np.float32)}
-        return {'image': (self._size + (3,), np.uint8)}
+        return _obs_space(self._obs_type, self._size, self._state_size)
 
     @property
     def act_space(self) -> dict:
@@ -606,7 +610,7 @@ class Gym:
         self._env = gymnasium.make(
             env_id, render_mode='rgb_array' if obs == 'image' else None)
         self._id, self._obs_type, self._size = env_id, obs, tuple(size)
-        self._seed, self._image = seed, None
+        self._seed, self._image, self._state_size = seed, None, 0
         observation_space = self._env.observation_space
         if obs == 'state':
             if not _flattenable(observation_space):
@@ -628,9 +632,7 @@ class Gym:
 
     @property
     def obs_space(self) -> Space:
-        if self._obs_type == 'state':
-            return {'state': ((self._state_size,), np.float32)}
-        return {'image': (self._size + (3,), np.uint8)}
+        return _obs_space(self._obs_type, self._size, self._state_size)
 
     @property
     def act_space(self) -> dict:

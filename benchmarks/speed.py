@@ -327,7 +327,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
     first = args.precision[0]
     results = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                    machine=machine(), quick=args.quick, extra_flags=extra,
-                   settings=settings,
+                   settings=settings, loadavg_start=os.getloadavg(),
                    targets={k: " ".join(map(str, v)) for k, v in TARGETS.items()})
     print("Matmul peaks.", flush=True)
     results["matmul"] = {
@@ -360,6 +360,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
     collect["ratio"] = collect["envs_2"]["fps"] / collect["envs_1"]["fps"]
     collect["render_fast"] = config.render_fast
     results["collection"] = collect
+    # Load from other processes is the main source of noise: judge by it.
+    results["loadavg_end"] = os.getloadavg()
     results["table"] = table_rows(results, first)
     return results
 
@@ -369,6 +371,9 @@ def main(argv: list[str] | None = None) -> None:
     tf.get_logger().setLevel("ERROR")  # The profiler's v1 deprecation notices.
     results = run(args, extra)
     print_table(results["table"])
+    start, end = results["loadavg_start"][0], results["loadavg_end"][0]
+    print(f"load average (1 min) at start, end: {start:.1f}, {end:.1f} "
+          f"on {os.cpu_count()} cores")
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=float) + "\n")

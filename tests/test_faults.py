@@ -11,7 +11,6 @@ import functools
 import gc
 import hashlib
 import io
-import json
 import os
 import pathlib
 import re
@@ -50,18 +49,17 @@ CHECKPOINT_NAME = re.compile(r"^\d{12}$")
 class Run:
     """dreamer.py (or a driver script) in a subprocess, output to files."""
 
-    def __init__(self, logdir, *flags, script=None):
+    def __init__(self, logdir, *flags, script=None, outdir=None):
         self.logdir = pathlib.Path(logdir)
-        tag = uuid.uuid4().hex[:8]
-        # Beside the logdir, never in it: the listing must not change.
-        self._out = self.logdir.parent / f"{self.logdir.name}-{tag}.out"
-        self._err = self.logdir.parent / f"{self.logdir.name}-{tag}.err"
+        tag = f"{self.logdir.name}-{uuid.uuid4().hex[:8]}"
+        # Beside the logdir, never in it: its listing must not change.
+        outdir = pathlib.Path(outdir or self.logdir.parent)
+        self._out, self._err = outdir / f"{tag}.out", outdir / f"{tag}.err"
         with self._out.open("w") as out, self._err.open("w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, str(script or ROOT / "dreamer.py"),
                  "--logdir", str(logdir), *flags],
                 stdout=out, stderr=err, env=ENV, cwd=ROOT)
-        self.t0 = time.monotonic()
 
     @property
     def stdout(self) -> str:
@@ -78,9 +76,7 @@ class Run:
 
     def wait(self, timeout: float = 300) -> int:
         try:
-            r = self.proc.wait(timeout)
-            print("DONE", time.monotonic() - self.t0, file=sys.stderr)
-            return r
+            return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"run did not finish in {timeout} s:\n{self.stderr[-3000:]}")
@@ -101,21 +97,6 @@ class Run:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(60)
-        print("KILL", time.monotonic() - self.t0, file=sys.stderr)
-
-
-def read_metrics(logdir: pathlib.Path) -> list[dict]:
-    """Records of metrics.jsonl; a line a killed run cut short is left out."""
-    path = logdir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def episode_files(logdir: pathlib.Path) -> list[pathlib.Path]:
@@ -229,18 +210,18 @@ def test_kill_in_prefill_eval_and_training_then_resume(tmp_path):
     assert f"{stored} env steps stored" in run.stdout
     assert "Prefill" in run.stdout  # It was not complete.
     check_episodes(logdir)
-    before = read_metrics(logdir)
+    before = tools.read_metrics(logdir)
 
     # (c) Training: a training record after the first collect phase.
     had_checkpoint = bool(checkpoints(logdir))
     run = Run(logdir, *flags)
     run.wait_until(lambda: any(m["step"] > 800 and "train/model_loss" in m
-                               for m in read_metrics(logdir)), "training record")
+                               for m in tools.read_metrics(logdir)), "training record")
     run.kill()
     assert "Prefill" not in run.stdout
     if had_checkpoint:
         assert "Resumed from checkpoint at step 800." in run.stdout
-    after = read_metrics(logdir)[len(before):]
+    after = tools.read_metrics(logdir)[len(before):]
     assert after and min(m["step"] for m in after) >= max(m["step"] for m in before)
     check_episodes(logdir)
 
@@ -250,7 +231,7 @@ def test_kill_in_prefill_eval_and_training_then_resume(tmp_path):
     (stale_dir / "ckpt.index").write_bytes(b"partial")
     stale_file = logdir / "episodes" / ".x.npz.1234.tmp"
     stale_file.write_bytes(b"partial")
-    before = read_metrics(logdir)
+    before = tools.read_metrics(logdir)
     stored_step = max(m["step"] for m in before)
     newest = int(checkpoints(logdir)[-1].name)
     stored = check_episodes(logdir) * 2
@@ -262,10 +243,14 @@ def test_kill_in_prefill_eval_and_training_then_resume(tmp_path):
     assert f"{stored} env steps stored" in run.stdout
     assert not stale_dir.exists() and not stale_file.exists()
     assert temporaries(logdir) == []
-    assert check_episodes(logdir) * 2 >= 2000
+    # The step counts the frames of episodes a kill cut short (at most one
+    # 200-frame debug episode per kill), so fewer may be stored.
+    assert check_episodes(logdir) * 2 >= 2000 - 3 * 200
     assert (logdir / "checkpoint" / "000000002000").is_dir()
     assert_checkpoint_finite(logdir / "checkpoint" / "000000002000")
-    new = read_metrics(logdir)[len(before):]
+    lines = (logdir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) - len(tools.read_metrics(logdir)) <= 3  # At most a line cut per kill.
+    new = tools.read_metrics(logdir)[len(before):]
     assert new and new[-1]["step"] == 2000
     assert min(m["step"] for m in new) >= newest
     # The step of the metrics never goes back, also past records the kill cut
@@ -300,7 +285,7 @@ def test_damaged_episodes_and_checkpoint_are_skipped(trained, tmp_path):
     assert f"Skipping unreadable checkpoint {newest.name}" in errors
     assert f"Resumed from checkpoint at step {int(old.name)}." in run.stdout
     assert truncated.exists() and garbage.exists()  # Reported, never deleted.
-    records = read_metrics(logdir)
+    records = tools.read_metrics(logdir)
     assert records[-1]["step"] >= 1100
     assert all(np.isfinite(m["train/model_loss"]) for m in records if "train/model_loss" in m)
     assert_checkpoint_finite(checkpoints(logdir)[-1])
@@ -373,7 +358,7 @@ def test_repeated_nonfinite_steps_stop_the_run(trained, tmp_path):
     assert code not in (0, None), run.stderr[-3000:]
     assert "non-finite" in run.stderr
     assert "Resumed from checkpoint at step 700." in run.stdout
-    records = read_metrics(logdir)
+    records = tools.read_metrics(logdir)
     assert [m["train/model_nonfinite"] for m in records if "train/model_nonfinite" in m][-1] == 1
     assert checkpoints(logdir)[-1] == newest
     assert checkpoint_digest(newest) == digest
@@ -444,17 +429,18 @@ def test_logdir_in_use_or_unwritable_exits_2(trained, tmp_path):
         before = snapshot(logdir)
         time.sleep(0.05)  # So that any write shows in the mtimes.
         in_use = Run(logdir, *FAST, "--steps", "1100")
-        unwritable = Run(blocker / "run", *FAST)
+        unwritable = Run(blocker / "run", *FAST, outdir=tmp_path)
         assert in_use.wait(120) == 2, in_use.stderr[-3000:]
         assert unwritable.wait(120) == 2, unwritable.stderr[-3000:]
         after = snapshot(logdir)
-    assert len(in_use.errors()) == 1 and "in use" in in_use.errors()[0], in_use.errors()
-    assert in_use.stdout == ""
-    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    assert not changed, f"the refused run changed {sorted(changed)}"
     errors = unwritable.errors()
     assert len(errors) == 1 and "cannot write" in errors[0], errors
     assert blocker.read_text() == "not a folder"
+    assert len(in_use.errors()) == 1 and "in use" in in_use.errors()[0], in_use.errors()
+    assert in_use.stdout == ""
+    changed = {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys()
+               if before.get(k) != after.get(k)}
+    assert not changed, f"the refused run changed (size, mtime_ns) before/after: {changed}"
 
 
 # 6. Disk full.
@@ -520,9 +506,9 @@ def test_policy_memory_is_flat():
     for i in range(2000):
         _, state = agent.policy(obs, state, reset if i % 500 == 0 else go_on, True, i)
     start, calls = rss(), 0
-    # 100k calls take about 100 s on 2 shared cores: run for a fixed time
-    # (about 25k calls) and extrapolate the growth linearly to 100k calls.
-    deadline = time.monotonic() + 25
+    # 100k calls take about 100 s on 2 shared cores, too long for this file:
+    # run for 20 s (about 20k calls) and extrapolate the growth linearly.
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline or calls < 5000:
         for i in range(500):
             _, state = agent.policy(obs, state, reset if i == 0 else go_on, True, calls + i)

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -106,3 +107,19 @@ def test_encoder_decoder_shapes():
     dist = decoder(tf.zeros((2, 3, 10)))
     assert dist.mean().shape == (2, 3, 64, 64, 3)
     assert dist.log_prob(tf.zeros((2, 3, 64, 64, 3))).shape == (2, 3)
+
+
+def test_vector_deconv_is_the_transposed_conv_on_a_1x1_input():
+    deconv = keras.layers.Conv2DTranspose(7, 5, 2, activation="relu")
+    vector = models.VectorDeconv(7, 5, "relu")
+    x = tf.random.normal((3, 11))
+    deconv(tf.reshape(x, (3, 1, 1, 11)))  # Builds the weights of both.
+    vector(x)
+    # Conv2DTranspose kernel: (k, k, filters, in) -> dense kernel (in, k * k * filters).
+    kernel = tf.transpose(deconv.kernel, (3, 0, 1, 2))
+    vector.matmul.kernel.assign(tf.reshape(kernel, (11, 5 * 5 * 7)))
+    deconv.bias.assign(tf.random.normal((7,)))
+    vector.bias.assign(deconv.bias)
+    want = deconv(tf.reshape(x, (3, 1, 1, 11)))
+    np.testing.assert_allclose(vector(x).numpy(), want.numpy(), atol=1e-5)
+    assert want.shape == (3, 5, 5, 7)
