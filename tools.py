@@ -9,6 +9,7 @@ import pathlib
 import random
 import shutil
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -85,7 +86,8 @@ class Replay:
     Training chunks are drawn uniformly over stored episodes (then uniformly
     over start offsets); episodes not in the cache are read from disk, so
     memory stays bounded however long the run. Files that fail to load are
-    reported once and skipped.
+    reported once and skipped. The trainer adds episodes while the tf.data
+    thread samples, so both go through one lock.
     """
 
     def __init__(self, directory: pathlib.Path, cache: int, seed: int = 0):
@@ -95,15 +97,18 @@ class Replay:
         self._lengths: dict[pathlib.Path, int] = {}
         self._bad: set[pathlib.Path] = set()
         self._rng = random.Random(seed)
+        self._lock = threading.Lock()
         self.refresh()
 
     def refresh(self) -> None:
-        for path in list_episodes(self.directory):
-            if path not in self._lengths and path not in self._bad:
-                try:
-                    self._lengths[path] = episode_length(path)
-                except ValueError:
-                    self._skip(path, "name does not end in -<length>")
+        """Takes in episode files that appeared on disk."""
+        with self._lock:
+            for path in list_episodes(self.directory):
+                if path not in self._lengths and path not in self._bad:
+                    try:
+                        self._lengths[path] = episode_length(path)
+                    except ValueError:
+                        self._skip(path, "name does not end in -<length>")
 
     @property
     def episodes(self) -> int:
@@ -112,14 +117,20 @@ class Replay:
     @property
     def steps(self) -> int:
         """Stored transitions (agent steps)."""
-        return sum(self._lengths.values())
+        with self._lock:
+            return sum(self._lengths.values())
 
     def add(self, path: pathlib.Path, episode: dict) -> None:
-        self._lengths[path] = len(episode["reward"]) - 1
-        self._store(path, episode)
+        with self._lock:
+            self._lengths[path] = len(episode["reward"]) - 1
+            self._store(path, episode)
 
     def sample(self, length: int) -> dict:
         """One chunk of `length` steps from a single episode (batch-major)."""
+        with self._lock:
+            return self._sample(length)
+
+    def _sample(self, length: int) -> dict:
         candidates = [p for p, n in self._lengths.items() if n + 1 >= length]
         while candidates:
             path = self._rng.choice(candidates)
@@ -166,12 +177,11 @@ class Replay:
 def make_dataset(
     replay: Replay, spec: dict, batch_size: int, batch_length: int
 ) -> tf.data.Dataset:
-    """Batches of chunks (batch, time, ...) with prefetching; new episodes on
-    disk are picked up as they appear."""
+    """Batches of chunks (batch, time, ...) with prefetching; episodes added
+    to the replay are sampled from as soon as they are stored."""
 
     def generator():
         while True:
-            replay.refresh()
             yield replay.sample(batch_length)
 
     signature = {

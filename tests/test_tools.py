@@ -114,3 +114,13 @@ def test_schedule_and_every():
     every = tools.Every(100)
     assert [every(s) for s in (0, 50, 100, 150, 420, 450, 500)] == [
         True, False, True, False, True, False, True]
+
+
+def test_replay_samples_added_episodes(tmp_path):
+    tools.save_episode(tmp_path, make_episode(5, 1))
+    replay = tools.Replay(tmp_path, cache=10)
+    with pytest.raises(RuntimeError, match="batch_length"):
+        replay.sample(8)
+    episode = make_episode(20, 2)
+    replay.add(tools.save_episode(tmp_path, episode), episode)
+    assert replay.sample(8)["action"][0, 0] == 2 and replay.steps == 25
