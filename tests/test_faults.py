@@ -264,6 +264,36 @@ def test_kill_in_prefill_eval_and_training_then_resume(tmp_path):
 
 
 @pytest.mark.slow
+def test_kill_during_checkpoint_write_then_resume(trained, tmp_path):
+    """SIGKILL after a checkpoint's files are written, before the rename."""
+    logdir = copy_run(trained, tmp_path)
+    newest = checkpoints(logdir)[-1]
+    digest = checkpoint_digest(newest)
+    script = write_script(tmp_path, """
+        import os
+        import signal
+        import sys
+        rename = os.replace
+        def replace(src, dst):
+            if "checkpoint" in str(src) and ".tmp-" in str(src):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return rename(src, dst)
+        os.replace = replace
+    """)
+    run = Run(logdir, *FAST, "--steps", "1100", script=script)
+    assert run.wait() == -signal.SIGKILL
+    assert any(p.name.startswith(".tmp-") for p in (logdir / "checkpoint").iterdir())
+    assert checkpoints(logdir)[-1] == newest and checkpoint_digest(newest) == digest
+
+    run = Run(logdir, *FAST, "--steps", "1100")
+    assert run.wait() == 0, run.stderr[-3000:]
+    assert f"Resumed from checkpoint at step {int(newest.name)}." in run.stdout
+    assert temporaries(logdir) == []
+    assert (logdir / "checkpoint" / "000000001100").is_dir()
+    check_episodes(logdir)
+
+
+@pytest.mark.slow
 def test_damaged_episodes_and_checkpoint_are_skipped(trained, tmp_path):
     """A truncated and a garbage episode and a truncated checkpoint are skipped, kept."""
     logdir = copy_run(trained, tmp_path)
