@@ -406,5 +406,6 @@ class Logger:
         self._writer.flush()
         if console:
             text = " / ".join(f"{k} {v:.3g}" for k, v in record.items())
-            print(f"[{step}] {text}", flush=True)
+            tqdm.tqdm.write(f"[{step}] {text}")  # Above a live progress bar, if any.
+            sys.stdout.flush()
         return record

@@ -208,6 +208,8 @@ def test_debug_run_then_resume(tmp_path):
     # Rows truth / model / error; 4 sequences of the debug batch side by side.
     assert frames.shape == (10, 3 * 64, 4 * 64, 3)
     assert "Eval return: final" in first.stdout and (logdir / "plots").is_dir()
+    # Not on a terminal: plain log lines, no progress bar.
+    assert "\r" not in first.stdout + first.stderr and "[3000] " in first.stdout
 
     second = run(logdir, "--task", "dmc_walker_walk", "--configs", "debug", "--steps", "4000")
     assert second.returncode == 0, second.stderr[-3000:]
