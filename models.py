@@ -210,7 +210,7 @@ class Actor(keras.layers.Layer):
         if self._dist == "tanh_normal":
             return tanh_normal(x, self._init_std, self._min_std, self._mean_scale)
         if self._dist == "onehot":
-            return tools.OneHotDist(logits=x)
+            return tools.OneHotDist(logits=x, dtype=f32)
         raise ValueError(f"Unknown action distribution '{self._dist}'.")
 
 

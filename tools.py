@@ -253,9 +253,6 @@ class OneHotDist(tfd.OneHotCategorical):
     """Categorical with one-hot samples and straight-through gradients to the
     probabilities (PAPER: discrete actions)."""
 
-    def __init__(self, logits=None, probs=None):
-        super().__init__(logits=logits, probs=probs, dtype=tf.float32)
-
     def mode(self):
         return tf.one_hot(tf.argmax(self.logits_parameter(), -1), self.event_shape[-1])
 
