@@ -117,8 +117,8 @@ DISCRETE = dict(
 SUITES = dict(dmc={}, atari=DISCRETE, dmlab=DISCRETE)
 
 PRESETS = dict(
-    # Runs on a few CPU cores: a third of the batch and half the dense units;
-    # a gradient step costs about a tenth of the paper's size.
+    # A few CPU cores: a third of the batch and half the dense units (from
+    # state, a gradient step costs a sixth of the default size here).
     cpu=dict(batch_size=16, num_units=200),
     # A whole run with every phase in about a minute on 2 CPU cores.
     debug=dict(
