@@ -213,12 +213,18 @@ def check_values(config: argparse.Namespace) -> None:
 
 class Optimizer:
     """Adam over the trainable variables of some models only; clips the
-    global gradient norm and skips steps whose gradients are not finite."""
+    global gradient norm and skips steps whose gradients are not finite.
+    Under float16 compute (GPUs) a dynamic loss scale keeps small gradients
+    from underflowing: halved after a non-finite step, doubled after 1000
+    finite ones in a row."""
 
     def __init__(self, name: str, parts: list, lr: float, eps: float, clip: float):
         self._name, self._parts, self._clip = name, parts, clip
         self.adam = keras.optimizers.Adam(lr, epsilon=eps, name=name)
         self.adam.build(self.variables)
+        self._scaled = keras.mixed_precision.global_policy().compute_dtype == "float16"
+        self.scale = tf.Variable(2.0**15 if self._scaled else 1.0, trainable=False)
+        self._finite_steps = tf.Variable(0, trainable=False, dtype=tf.int64)
 
     @property
     def variables(self) -> list:
@@ -229,12 +235,26 @@ class Optimizer:
 
     def __call__(self, tape: tf.GradientTape, loss) -> dict:
         variables = self.variables
-        grads = tape.gradient(loss, variables)
+        if self._scaled:  # Seeding the backward pass with the scale scales the loss.
+            grads = tape.gradient(loss, variables, output_gradients=self.scale)
+            grads = [g / self.scale for g in grads]
+        else:
+            grads = tape.gradient(loss, variables)
         grads, norm = tf.clip_by_global_norm(grads, self._clip)
         finite = tf.math.is_finite(norm)
         tf.cond(finite, lambda: self._apply(grads, variables), lambda: None)
-        return {f"{self._name}_grad_norm": norm,
-                f"{self._name}_nonfinite": 1.0 - tf.cast(finite, tf.float32)}
+        metrics = {f"{self._name}_grad_norm": norm,
+                   f"{self._name}_nonfinite": 1.0 - tf.cast(finite, tf.float32)}
+        if self._scaled:
+            self._update_scale(finite)
+            metrics[f"{self._name}_loss_scale"] = self.scale.value()
+        return metrics
+
+    def _update_scale(self, finite) -> None:
+        grow = tf.logical_and(finite, self._finite_steps + 1 >= 1000)
+        self._finite_steps.assign(tf.where(finite & ~grow, self._finite_steps + 1, 0))
+        factor = tf.where(grow, 2.0, tf.where(finite, 1.0, 0.5))
+        self.scale.assign(self.scale * factor)
 
 
 class Dreamer:
@@ -597,8 +617,12 @@ def fit_action_space(config: argparse.Namespace, act_space: dict) -> None:
 
 
 def set_precision(precision: int) -> None:
-    # bfloat16 on CPUs (AVX512-BF16 / AMX); variables stay float32.
-    policy = "mixed_bfloat16" if precision == 16 else "float32"
+    """Mixed precision keeps variables in float32: bfloat16 compute on CPUs
+    (AVX512-BF16 / AMX), float16 with loss scaling on GPUs."""
+    policy = "float32"
+    if precision == 16:
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+        policy = "mixed_float16" if gpu else "mixed_bfloat16"
     keras.mixed_precision.set_dtype_policy(policy)
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import imageio.v3 as iio
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -287,3 +288,31 @@ def test_gymnasium_task_with_state_and_discrete_actions(tmp_path):
         np.testing.assert_array_equal(episode["action"][1:].sum(-1), 1)
         assert episode["discount"][-1] in (0.0, 1.0)
     assert any("test/return" in m for m in read_metrics(logdir))
+
+
+def test_float16_loss_scaling():
+    """The GPU path of --precision 16, run here on the CPU."""
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        agent = dreamer.Dreamer(parse("--configs", "debug"), OBS_SPACE,
+                                {"shape": (3,), "discrete": False})
+    finally:
+        dreamer.set_precision(32)
+    assert agent.encoder.convs[0].compute_dtype == "float16"
+    before = [v.numpy().copy() for v in agent.decoder.trainable_variables]
+    # The image loss's gradients overflow float16 at the initial scale of
+    # 2^15: the scale halves, step by step, until they fit.
+    scales = []
+    for _ in range(20):
+        metrics = agent.train(batch())
+        scales.append(float(agent.model_opt.scale.numpy()))
+        if not metrics["model_nonfinite"].numpy():
+            break
+    assert not metrics["model_nonfinite"].numpy() and np.isfinite(metrics["model_loss"])
+    assert scales[0] == 2.0**14 and scales == sorted(scales, reverse=True)
+    assert not all(np.allclose(a, b.numpy())
+                   for a, b in zip(before, agent.decoder.trainable_variables))
+    data = batch()
+    data["reward"] = tf.fill(data["reward"].shape, np.inf)
+    assert agent.train(data)["model_nonfinite"].numpy() == 1.0
+    assert agent.model_opt.scale.numpy() == scales[-1] / 2
