@@ -16,6 +16,11 @@ tfd = tfp.distributions
 f32 = tf.float32
 
 
+def swap(x):
+    """Batch-major <-> time-major."""
+    return tf.experimental.numpy.swapaxes(x, 0, 1)
+
+
 def dense(units: int, act: str | None = None, name: str | None = None):
     return keras.layers.Dense(units, activation=act, name=name)
 
@@ -43,7 +48,6 @@ class RSSM(keras.layers.Layer):
         the action that led to the observation embedded in embed[t]."""
         if state is None:
             state = self.initial(tf.shape(action)[0])
-        swap = lambda x: tf.experimental.numpy.swapaxes(x, 0, 1)
         post, prior = tools.static_scan(
             lambda prev, inputs: self.obs_step(prev[0], *inputs),
             (swap(action), swap(embed)), (state, state))
@@ -53,7 +57,6 @@ class RSSM(keras.layers.Layer):
         """Prior states from recorded actions alone (open loop)."""
         if state is None:
             state = self.initial(tf.shape(action)[0])
-        swap = lambda x: tf.experimental.numpy.swapaxes(x, 0, 1)
         prior = tools.static_scan(self.img_step, swap(action), state)
         return tf.nest.map_structure(swap, prior)
 
