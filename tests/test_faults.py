@@ -260,9 +260,6 @@ def test_kill_in_prefill_eval_and_training_then_resume(tmp_path):
         f"the killed run had logged step {stored_step}")
 
 
-# 2. Damaged data.
-
-
 @pytest.mark.slow
 def test_kill_during_checkpoint_write_then_resume(trained, tmp_path):
     """SIGKILL after a checkpoint's files are written, before the rename."""
@@ -291,6 +288,9 @@ def test_kill_during_checkpoint_write_then_resume(trained, tmp_path):
     assert temporaries(logdir) == []
     assert (logdir / "checkpoint" / "000000001100").is_dir()
     check_episodes(logdir)
+
+
+# 2. Damaged data.
 
 
 @pytest.mark.slow
