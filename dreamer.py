@@ -80,6 +80,11 @@ DEFAULTS = dict(
     stoch_size=30,
     num_units=400,
     cnn_depth=32,
+    dense_act="elu",
+    cnn_act="relu",
+    reward_layers=2,
+    value_layers=3,
+    actor_layers=4,
     pcont=False,
     free_nats=3.0,
     kl_scale=1.0,
@@ -103,6 +108,8 @@ DEFAULTS = dict(
     horizon=15,
     action_dist="tanh_normal",
     action_init_std=5.0,
+    action_mean_scale=5.0,
+    action_min_std=1e-4,
     expl="additive_gaussian",
     expl_amount=0.3,
     expl_decay=0,
@@ -262,21 +269,22 @@ class Dreamer:
         self.config = c = config
         self._act_space = act_space
         size = act_space["shape"][0]
-        self.rssm = models.RSSM(c.stoch_size, c.deter_size, c.deter_size)
+        self.rssm = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act)
         # Pixels (the paper) or the proprioceptive vector (--obs state).
         self._key = c.obs
         shape = obs_space[self._key][0]
         if self._key == "image":
-            self.encoder = models.ConvEncoder(c.cnn_depth)
-            self.decoder = models.ConvDecoder(c.cnn_depth, shape=shape)
+            self.encoder = models.ConvEncoder(c.cnn_depth, c.cnn_act)
+            self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act, shape)
         else:
-            self.encoder = models.DenseEncoder(3, c.num_units)
-            self.decoder = models.DenseHead(shape, 3, c.num_units)
-        self.reward = models.DenseHead((), 2, c.num_units)
-        self.pcont = models.DenseHead((), 3, c.num_units, dist="binary") if c.pcont else None
-        self.value = models.DenseHead((), 3, c.num_units)
-        self.actor = models.Actor(size, 4, c.num_units, dist=c.action_dist,
-                                  init_std=c.action_init_std)
+            self.encoder = models.DenseEncoder(3, c.num_units, c.dense_act)
+            self.decoder = models.DenseHead(shape, 3, c.num_units, c.dense_act)
+        self.reward = models.DenseHead((), c.reward_layers, c.num_units, c.dense_act)
+        self.pcont = models.DenseHead(
+            (), 3, c.num_units, c.dense_act, dist="binary") if c.pcont else None
+        self.value = models.DenseHead((), c.value_layers, c.num_units, c.dense_act)
+        self.actor = models.Actor(size, c.actor_layers, c.num_units, c.dense_act, c.action_dist,
+                                  c.action_init_std, c.action_min_std, c.action_mean_scale)
         self._build(obs_space, size)
         world = [self.encoder, self.rssm, self.decoder, self.reward] + (
             [self.pcont] if self.pcont else [])

@@ -28,6 +28,9 @@ def test_defaults_are_the_paper():
     assert (c.model_lr, c.value_lr, c.actor_lr, c.grad_clip) == (6e-4, 8e-5, 8e-5, 100.0)
     assert (c.action_repeat, c.prefill, c.train_every, c.train_steps) == (2, 5000, 1000, 100)
     assert c.action_dist == "tanh_normal" and c.expl_amount == 0.3 and not c.pcont
+    assert (c.reward_layers, c.value_layers, c.actor_layers) == (2, 3, 4)
+    assert (c.action_init_std, c.action_mean_scale, c.action_min_std) == (5.0, 5.0, 1e-4)
+    assert (c.dense_act, c.cnn_act, c.adam_eps) == ("elu", "relu", 1e-7)
 
 
 def test_presets_then_explicit_flags():
