@@ -674,10 +674,11 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
     stored = replay.steps * config.action_repeat
     # Frames of episodes a killed run left unfinished still count: the step
     # never goes back behind what was logged.
-    step = max([stored] + [m["step"] for m in tools.read_metrics(logdir)])
+    records = tools.read_metrics(logdir)
+    step = max([stored] + [m["step"] for m in records])
     print(f"Logdir {logdir}: {replay.episodes} episodes, {stored} env steps stored.")
     progress = tools.Progress(config.steps, step)
-    wall_time = tools.Stopwatch(logdir)
+    wall_time = tools.Stopwatch(max((m.get("wall_time", 0.0) for m in records), default=0.0))
 
     def on_train_episode(episode):
         replay.add(tools.save_episode(logdir / "episodes", episode), episode)
@@ -699,10 +700,10 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
     if step < config.prefill:
         progress.phase("prefill")
         print(f"Prefill with random actions to {config.prefill} env steps.")
-        discrete, size = act_space["discrete"], act_space["shape"][0]
+        rng = np.random.default_rng(config.seed)
 
         def random_policy(obs, state, reset):
-            return random_actions(len(reset), size, discrete).numpy(), None
+            return np.stack([wrappers.random_action(act_space, rng) for _ in reset]), None
 
         steps = -(-(config.prefill - step) // config.action_repeat)
         step += train_driver(random_policy, steps) * config.action_repeat

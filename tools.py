@@ -326,9 +326,8 @@ def read_metrics(logdir: pathlib.Path) -> list[dict]:
 class Stopwatch:
     """Wall-clock seconds of a run, counted on across resumes."""
 
-    def __init__(self, logdir: pathlib.Path):
-        times = [m["wall_time"] for m in read_metrics(logdir) if "wall_time" in m]
-        self._offset = max(times, default=0.0)
+    def __init__(self, offset: float = 0.0):
+        self._offset = offset  # Seconds the run had taken before this start.
         self._start = time.time()
 
     def __call__(self) -> float:
