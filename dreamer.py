@@ -64,6 +64,7 @@ DEFAULTS = dict(
     log_every=int(1e3),
     precision=16,
     jit=False,
+    devices=0,
     log_videos=True,
     envs=1,
     obs="image",
@@ -203,6 +204,8 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_values(config: argparse.Namespace) -> None:
+    if config.devices < 0:
+        raise ValueError(f"--devices must be 0 (all visible) or positive, got {config.devices}")
     positive = ("steps", "envs", "action_repeat", "time_limit", "batch_size",
                 "batch_length", "horizon", "deter_size", "stoch_size", "num_units",
                 "cnn_depth", "train_every", "eval_every", "log_every")
@@ -223,22 +226,39 @@ class Optimizer:
     global gradient norm and skips steps whose gradients are not finite.
     Under float16 compute (GPUs) a dynamic loss scale keeps small gradients
     from underflowing: halved after a non-finite step, doubled after 1000
-    finite ones in a row."""
+    finite ones in a row. Under a multi-device strategy the gradients are
+    averaged over the replicas first, so clipping and skipping see the
+    gradient of the whole batch, as on one device."""
 
     def __init__(self, name: str, parts: list, lr: float, eps: float, clip: float):
         self._name, self._parts, self._clip = name, parts, clip
         self.adam = keras.optimizers.Adam(lr, epsilon=eps, name=name)
         self.adam.build(self.variables)
         self._scaled = keras.mixed_precision.global_policy().compute_dtype == "float16"
-        self.scale = tf.Variable(2.0**15 if self._scaled else 1.0, trainable=False)
-        self._finite_steps = tf.Variable(0, trainable=False, dtype=tf.int64)
+        # Every replica computes the same update of these from all-reduced gradients.
+        once = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.scale = tf.Variable(2.0**15 if self._scaled else 1.0, **once)
+        self._finite_steps = tf.Variable(0, dtype=tf.int64, **once)
 
     @property
     def variables(self) -> list:
         return [v for part in self._parts for v in part.trainable_variables]
 
     def _apply(self, grads, variables) -> None:
-        self.adam.apply(grads, variables)
+        # Keras sums the replicas' gradients; these are already their mean.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self.adam.apply([g / replicas for g in grads], variables)
+
+    def _apply_if(self, finite, grads, variables) -> None:
+        """The update, skipped where `finite` is false. The condition runs in
+        cross-replica context: a strategy cannot synchronize replicas (as the
+        update does) inside a branch taken in replica context."""
+        def cross_replica(strategy, finite, grads):
+            finite = strategy.experimental_local_results(finite)[0]  # Same on every replica.
+            tf.cond(finite, lambda: strategy.extended.call_for_each_replica(
+                self._apply, args=(grads, variables)), lambda: None)
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads))
 
     def __call__(self, tape: tf.GradientTape, loss) -> dict:
         variables = self.variables
@@ -247,9 +267,10 @@ class Optimizer:
             grads = [g / self.scale for g in grads]
         else:
             grads = tape.gradient(loss, variables)
+        grads = tf.distribute.get_replica_context().all_reduce("mean", grads)
         grads, norm = tf.clip_by_global_norm(grads, self._clip)
         finite = tf.math.is_finite(norm)
-        tf.cond(finite, lambda: self._apply(grads, variables), lambda: None)
+        self._apply_if(finite, grads, variables)
         metrics = {f"{self._name}_grad_norm": norm,
                    f"{self._name}_nonfinite": 1.0 - tf.cast(finite, tf.float32)}
         if self._scaled:
@@ -265,7 +286,16 @@ class Optimizer:
 
 
 class Dreamer:
-    def __init__(self, config: argparse.Namespace, obs_space: dict, act_space: dict):
+    """The agent. With a multi-device `strategy` its variables are mirrored
+    and each train step splits the batch across the replicas."""
+
+    def __init__(self, config: argparse.Namespace, obs_space: dict, act_space: dict,
+                 strategy: tf.distribute.Strategy | None = None):
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():
+            self._init(config, obs_space, act_space)
+
+    def _init(self, config: argparse.Namespace, obs_space: dict, act_space: dict) -> None:
         self.config = c = config
         self._act_space = act_space
         size = act_space["shape"][0]
@@ -299,7 +329,7 @@ class Dreamer:
         self.checkpoint = tf.train.Checkpoint(
             **modules, model_opt=self.model_opt.adam, value_opt=self.value_opt.adam,
             actor_opt=self.actor_opt.adam, step=self.step)
-        self.train = tf.function(self._train, jit_compile=c.jit)
+        self.train = tf.function(self._train_step, jit_compile=c.jit)
         self.open_loop = tf.function(self._open_loop)
         self._policy = tf.function(self._policy_step, jit_compile=c.jit,
                                    reduce_retracing=True)
@@ -315,6 +345,20 @@ class Dreamer:
                 head(feat)
 
     # Learning (PAPER: world model, then behavior in imagination).
+
+    def _train_step(self, data: dict) -> dict:
+        """One gradient step on a batch, distributed by `distribute` when the
+        strategy has several replicas; metrics are averaged over them."""
+        metrics = self.strategy.run(self._train, args=(data,))
+        return {k: self.strategy.reduce("mean", v, axis=None) for k, v in metrics.items()}
+
+    def distribute(self, dataset: tf.data.Dataset):
+        """Splits each batch of the dataset across the replicas. Every worker
+        of a multi-worker run samples its own replay, so nothing is sharded."""
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF)
+        return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
 
     def _train(self, data: dict) -> dict:
         c = self.config
@@ -624,6 +668,32 @@ def fit_action_space(config: argparse.Namespace, act_space: dict) -> None:
         sys.exit(2)
 
 
+def make_strategy(config: argparse.Namespace) -> tf.distribute.Strategy:
+    """MirroredStrategy over the first --devices visible GPUs (0: all), or
+    over the CPU's logical devices where there is no GPU; a single device
+    runs without one. With TF_CONFIG set, the workers it names form one
+    MultiWorkerMirroredStrategy (README: several machines)."""
+    if "TF_CONFIG" in os.environ:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        devices = (tf.config.list_logical_devices("GPU")
+                   or tf.config.list_logical_devices("CPU"))
+        if config.devices > len(devices):
+            raise ValueError(f"--devices {config.devices}, but only {len(devices)} "
+                             f"{devices[0].device_type} device(s) are visible")
+        devices = devices[:config.devices or len(devices)]
+        if len(devices) == 1:
+            return tf.distribute.get_strategy()
+        strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"--batch_size {config.batch_size} does not split evenly across "
+                         f"{replicas} devices")
+    if config.jit and replicas > 1:
+        raise ValueError("--jit True works on a single device only: pass --devices 1")
+    return strategy
+
+
 def set_precision(precision: int) -> None:
     """Mixed precision keeps variables in float32: bfloat16 compute on CPUs
     (AVX512-BF16 / AMX), float16 with loss scaling on GPUs."""
@@ -639,6 +709,11 @@ def main(argv: list[str] | None = None) -> None:
     if config.summary:
         print(summarize(pathlib.Path(config.logdir)))
         return
+    try:
+        strategy = make_strategy(config)
+    except ValueError as e:
+        print(f"dreamer.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
     logdir = prepare_logdir(config)
     lock = lock_logdir(logdir)  # noqa: F841 (held until exit)
     tools.remove_temporaries(logdir)  # Left by a killed run; the lock says none is live.
@@ -654,7 +729,7 @@ def main(argv: list[str] | None = None) -> None:
         tools.atomic_write(logdir / "config.yaml",
                            yaml.safe_dump({k: getattr(config, k) for k in DEFAULTS},
                                           sort_keys=False).encode())
-        run(config, logdir, train_envs, test_envs)
+        run(config, logdir, train_envs, test_envs, strategy)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
@@ -668,7 +743,8 @@ def main(argv: list[str] | None = None) -> None:
     print(summarize(logdir))
 
 
-def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None:
+def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list,
+        strategy: tf.distribute.Strategy | None = None) -> None:
     logger = tools.Logger(logdir)
     replay = tools.Replay(logdir / "episodes", config.replay_cache, config.seed)
     stored = replay.steps * config.action_repeat
@@ -711,12 +787,13 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
             step += train_driver(random_policy, 1) * config.action_repeat
         logger.write(step)
 
-    agent = Dreamer(config, obs_space, act_space)
+    agent = Dreamer(config, obs_space, act_space, strategy)
     checkpoints = logdir / "checkpoint"
     checkpoints.mkdir(exist_ok=True)
     spec = {**obs_space, "action": (act_space["shape"], np.float32),
             "discount": ((), np.float32)}
-    dataset = iter(tools.make_dataset(replay, spec, config.batch_size, config.batch_length))
+    dataset = iter(agent.distribute(
+        tools.make_dataset(replay, spec, config.batch_size, config.batch_length)))
 
     nonfinite = 0
 
@@ -770,7 +847,8 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list) -> None
             logger.scalar("env_restarts", train_driver.restarts + test_driver.restarts)
             logger.scalar("wall_time", wall_time())
             if config.log_videos and config.obs == "image":
-                video = agent.open_loop(next(dataset)).numpy()
+                batch = agent.strategy.experimental_local_results(next(dataset))[0]
+                video = agent.open_loop(batch).numpy()
                 logger.video(step, "agent/openl", "openl", video)
             last_time, last_step = now, step
             logger.write(step)

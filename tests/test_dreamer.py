@@ -50,6 +50,8 @@ def test_presets_then_explicit_flags():
     (["--pcont", "maybe"], "pcont"),
     (["--unknown_flag", "1"], "unknown_flag"),
     (["--batch_length", "1"], "batch_length"),
+    (["--devices", "-1"], "devices"),
+    (["--devices", "3"], "only 1 CPU device"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
     logdir = tmp_path / "run"

@@ -1,0 +1,100 @@
+"""Several devices: a MirroredStrategy step over two logical CPU devices
+against the same step on one device.
+
+Logical devices can only be set up before TensorFlow starts its runtime, so
+the comparison runs in a fresh interpreter (this file as a script) and
+reports back as JSON.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODULES = ("encoder", "rssm", "decoder", "reward", "value", "actor")
+
+
+def test_mirrored_step_matches_one_device(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, __file__, str(tmp_path)], check=False,
+                         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2 and result["devices"] == ["CPU:0", "CPU:1"]
+    for key, (single, mirrored) in result["losses"].items():
+        np.testing.assert_allclose(mirrored, single, rtol=1e-4, atol=1e-5, err_msg=key)
+    # The whole update (three Adam steps on the averaged, clipped gradients).
+    assert result["moved"] > 1e-4
+    assert result["weight_diff"] < 1e-5 * result["moved"] + 1e-6
+    # A mirrored agent acts batch-1 and its checkpoint loads on one device.
+    assert result["policy_shape"] == [1, 3]
+    assert result["restored_diff"] == 0.0
+
+
+def compare(tmp: pathlib.Path) -> dict:
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_dreamer import OBS_SPACE, batch, parse
+
+    import dreamer
+    import models
+    import tools
+
+    # Without sampling noise, both runs compute the same function of the batch.
+    def noiseless_state(self, stats, deter):
+        mean, std = tf.split(tf.cast(stats, tf.float32), 2, -1)
+        std = tf.nn.softplus(std) + 0.1
+        return dict(mean=mean, std=std, stoch=mean, deter=deter)
+
+    @tf.autograph.experimental.do_not_convert
+    def mean_action(self, *args, **kwargs):
+        return self._dist.bijector.forward(self._dist.distribution.mean())
+
+    models.RSSM._state = noiseless_state
+    tools.SampleDist.sample = mean_action
+
+    config = parse("--configs", "debug", "--devices", "2")
+    strategy = dreamer.make_strategy(config)
+    act_space = {"shape": (3,), "discrete": False}
+    single = dreamer.Dreamer(config, OBS_SPACE, act_space)
+    mirrored = dreamer.Dreamer(config, OBS_SPACE, act_space, strategy)
+    for name in MODULES:
+        getattr(mirrored, name).set_weights(getattr(single, name).get_weights())
+    before = [w.copy() for name in MODULES for w in getattr(single, name).get_weights()]
+
+    data = batch(batch_size=4, length=10)
+    one = single.train(data)
+    split = next(iter(mirrored.distribute(tf.data.Dataset.from_tensors(data))))
+    two = mirrored.train(split)
+    keys = ("model_loss", "div", "actor_loss", "value_loss", "image_loss", "reward_loss",
+            "model_grad_norm", "actor_grad_norm", "value_grad_norm")
+    after = [w for name in MODULES for w in getattr(single, name).get_weights()]
+    after_mirrored = [w for name in MODULES for w in getattr(mirrored, name).get_weights()]
+
+    obs = {"image": np.zeros((1, 64, 64, 3), np.uint8)}
+    action, _ = mirrored.policy(obs, None, np.ones(1, np.float32), training=True, step=0)
+    dreamer.save_checkpoint(mirrored, tmp, step=1)
+    fresh = dreamer.Dreamer(config, OBS_SPACE, act_space)
+    assert dreamer.restore_checkpoint(fresh, tmp)
+    restored = [w for name in MODULES for w in getattr(fresh, name).get_weights()]
+    return dict(
+        replicas=strategy.num_replicas_in_sync,
+        devices=[d.split("device:")[-1] for d in strategy.extended.worker_devices],
+        losses={k: [float(one[k]), float(two[k])] for k in keys},
+        moved=max(float(np.abs(a - b).max()) for a, b in zip(after, before)),
+        weight_diff=max(float(np.abs(a - b).max()) for a, b in zip(after, after_mirrored)),
+        policy_shape=list(action.shape),
+        restored_diff=max(float(np.abs(a - b).max())
+                          for a, b in zip(restored, after_mirrored)))
+
+
+if __name__ == "__main__":
+    print(json.dumps(compare(pathlib.Path(sys.argv[1]))))
