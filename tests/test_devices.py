@@ -27,9 +27,12 @@ def test_mirrored_step_matches_one_device(tmp_path):
     assert result["replicas"] == 2 and result["devices"] == ["CPU:0", "CPU:1"]
     for key, (single, mirrored) in result["losses"].items():
         np.testing.assert_allclose(mirrored, single, rtol=1e-4, atol=1e-5, err_msg=key)
-    # The whole update (three Adam steps on the averaged, clipped gradients).
+    # Adam's moments hold the gradients themselves (the step is scale-free).
+    assert result["adam_diff"] < 1e-4
+    # Adam's first step is about lr * sign(gradient): components far below
+    # its epsilon may differ in float32 round-off, nothing else.
     assert result["moved"] > 1e-4
-    assert result["weight_diff"] < 1e-5 * result["moved"] + 1e-6
+    assert result["weight_diff"] < 0.01 * result["moved"]
     # A mirrored agent acts batch-1 and its checkpoint loads on one device.
     assert result["policy_shape"] == [1, 3]
     assert result["restored_diff"] == 0.0
@@ -79,6 +82,13 @@ def compare(tmp: pathlib.Path) -> dict:
     after = [w for name in MODULES for w in getattr(single, name).get_weights()]
     after_mirrored = [w for name in MODULES for w in getattr(mirrored, name).get_weights()]
 
+    def adam(agent):
+        return [v.numpy() for opt in (agent.model_opt, agent.actor_opt, agent.value_opt)
+                for v in opt.adam.variables]
+
+    adam_diff = max(float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12))
+                    for a, b in zip(adam(single), adam(mirrored)))
+
     obs = {"image": np.zeros((1, 64, 64, 3), np.uint8)}
     action, _ = mirrored.policy(obs, None, np.ones(1, np.float32), training=True, step=0)
     dreamer.save_checkpoint(mirrored, tmp, step=1)
@@ -90,6 +100,7 @@ def compare(tmp: pathlib.Path) -> dict:
         devices=[d.split("device:")[-1] for d in strategy.extended.worker_devices],
         losses={k: [float(one[k]), float(two[k])] for k in keys},
         moved=max(float(np.abs(a - b).max()) for a, b in zip(after, before)),
+        adam_diff=adam_diff,
         weight_diff=max(float(np.abs(a - b).max()) for a, b in zip(after, after_mirrored)),
         policy_shape=list(action.shape),
         restored_diff=max(float(np.abs(a - b).max())
