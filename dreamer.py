@@ -111,6 +111,7 @@ DEFAULTS = dict(
     action_init_std=5.0,
     action_mean_scale=5.0,
     action_min_std=1e-4,
+    actor_ent=0.0,
     expl="additive_gaussian",
     expl_amount=0.3,
     expl_decay=0,
@@ -376,9 +377,10 @@ class Dreamer:
             div, div_loss = self.rssm.kl_loss(post, prior, c.free_nats)
             model_loss = c.kl_scale * div_loss - sum(likes.values())
         with tf.GradientTape() as actor_tape:
-            imag_feat = self.imagine_ahead(post)
+            imag_feat, logp = self.imagine_ahead(post)
             returns, weights = self.imagined_returns(imag_feat)
-            actor_loss = -tf.reduce_mean(weights * returns)
+            entropy = -logp[:-1]  # Of the actions taken in the states that returns start from.
+            actor_loss = -tf.reduce_mean(weights * (returns + c.actor_ent * entropy))
         with tf.GradientTape() as value_tape:
             value_pred = self.value(tf.stop_gradient(imag_feat)[:-1])
             target = tf.stop_gradient(returns)
@@ -388,6 +390,7 @@ class Dreamer:
                        prior_ent=tf.reduce_mean(self.rssm.get_dist(prior).entropy()),
                        post_ent=tf.reduce_mean(self.rssm.get_dist(post).entropy()),
                        imag_value=tf.reduce_mean(value_pred.mean()),
+                       actor_ent=tf.reduce_mean(entropy),
                        imag_return=tf.reduce_mean(returns))
         metrics.update({f"{k}_loss": -v for k, v in likes.items()})
         metrics.update(self.model_opt(model_tape, model_loss))
@@ -404,18 +407,21 @@ class Dreamer:
 
     def imagine_ahead(self, post: dict):
         """H prior steps from every posterior state, actions from the actor;
-        returns imagined features, time-major (H, B*T, feat)."""
+        returns imagined features, time-major (H, B*T, feat), and the log-
+        probability of each action under the actor (H, B*T)."""
         if self.pcont:  # The last step could be terminal.
             post = {k: v[:, :-1] for k, v in post.items()}
         start = {k: tf.stop_gradient(tf.reshape(v, [-1, v.shape[-1]]))
                  for k, v in post.items()}
 
         def step(prev, _):
-            action = self.actor(tf.stop_gradient(self.rssm.get_feat(prev))).sample()
-            return self.rssm.img_step(prev, action)
+            dist = self.actor(tf.stop_gradient(self.rssm.get_feat(prev[0])))
+            action = dist.sample()
+            return self.rssm.img_step(prev[0], action), dist.log_prob(action)
 
-        states = tools.static_scan(step, tf.range(self.config.horizon), start)
-        return self.rssm.get_feat(states)
+        logp = tf.zeros(tf.shape(start["deter"])[:1])
+        states, logp = tools.static_scan(step, tf.range(self.config.horizon), (start, logp))
+        return self.rssm.get_feat(states), logp
 
     def imagined_returns(self, imag_feat):
         """Lambda-returns of an imagined trajectory and the weights w_t: the
@@ -454,12 +460,10 @@ class Dreamer:
         return tf.cast(tf.clip_by_value(video, 0, 1) * 255, tf.uint8)
 
     def _actor_stats(self, feat) -> dict:
-        dist = self.actor(tf.stop_gradient(feat))
-        stats = dict(actor_ent=tf.reduce_mean(dist.entropy()))
-        if self.config.action_dist == "tanh_normal":
-            saturated = tf.abs(dist.sample()) > 0.99
-            stats["action_saturation"] = tf.reduce_mean(tf.cast(saturated, tf.float32))
-        return stats
+        if self.config.action_dist != "tanh_normal":
+            return {}
+        saturated = tf.abs(self.actor(tf.stop_gradient(feat)).sample()) > 0.99
+        return dict(action_saturation=tf.reduce_mean(tf.cast(saturated, tf.float32)))
 
     # Acting.
 

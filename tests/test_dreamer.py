@@ -105,11 +105,27 @@ def test_each_optimizer_updates_only_its_own_variables():
     data = batch()
     with tf.GradientTape() as tape:
         post, _ = agent.rssm.observe(agent.encoder(data["image"]), data["action"])
-        returns, weights = agent.imagined_returns(agent.imagine_ahead(post))
+        returns, weights = agent.imagined_returns(agent.imagine_ahead(post)[0])
         loss = -tf.reduce_mean(weights * returns)
     agent.actor_opt(tape, loss)
     assert all(np.allclose(a, b.numpy()) for a, b in zip(decoder, agent.decoder.trainable_variables))
     assert not all(np.allclose(a, b.numpy()) for a, b in zip(actor, agent.actor.trainable_variables))
+
+
+def test_actor_entropy_bonus_undoes_saturation():
+    """With the bonus dominating the loss, the actor moves away from
+    saturated actions, where the returns' gradient through tanh vanishes."""
+    agent = tiny_agent("--actor_ent", "1000", "--actor_lr", "1e-2")
+    data = batch()
+    # The logged entropy is the mean of -log pi(a) over the imagined actions.
+    post, _ = agent.rssm.observe(agent.encoder(data["image"]), data["action"])
+    feat, logp = agent.imagine_ahead(post)
+    assert logp.shape == feat.shape[:2] and np.all(np.isfinite(logp.numpy()))
+    first = agent.train(data)
+    for _ in range(20):
+        last = agent.train(data)
+    assert last["actor_ent"] > first["actor_ent"] + 1.0
+    assert last["action_saturation"] < first["action_saturation"]
 
 
 def test_nonfinite_step_is_skipped():
