@@ -445,12 +445,9 @@ class Dreamer:
         (model - truth + 1) / 2; sequences side by side. Returns uint8
         (time, 3 * height, sequences * width, channels)."""
         data = {k: v[:sequences] for k, v in data.items()}
-        embed = self.encoder(data[self._key])
-        post, _ = self.rssm.observe(embed[:, :context], data["action"][:, :context])
-        recon = self.decoder(self.rssm.get_feat(post)).mode()
-        last = {k: v[:, -1] for k, v in post.items()}
-        prior = self.rssm.imagine(data["action"][:, context:], last)
-        openl = self.decoder(self.rssm.get_feat(prior)).mode()
+        post_feat, prior_feat = self.open_loop_feat(data, context)
+        recon = self.decoder(post_feat).mode()
+        openl = self.decoder(prior_feat).mode()
         model = tf.concat([recon, openl], 1) + 0.5
         truth = models.preprocess(data["image"]) + 0.5
         video = tf.concat([truth, model, (model - truth + 1) / 2], 2)
@@ -458,6 +455,15 @@ class Dreamer:
         shape = tf.shape(video)
         video = tf.reshape(video, [shape[0], shape[1], shape[2] * shape[3], shape[4]])
         return tf.cast(tf.clip_by_value(video, 0, 1) * 255, tf.uint8)
+
+    def open_loop_feat(self, data: dict, context: int):
+        """Features of the posterior over the first `context` steps and of the
+        prior that imagines the rest from the recorded actions alone."""
+        post, _ = self.rssm.observe(self.encoder(data[self._key][:, :context]),
+                                    data["action"][:, :context])
+        last = {k: v[:, -1] for k, v in post.items()}
+        prior = self.rssm.imagine(data["action"][:, context:], last)
+        return self.rssm.get_feat(post), self.rssm.get_feat(prior)
 
     def _actor_stats(self, feat) -> dict:
         if self.config.action_dist != "tanh_normal":

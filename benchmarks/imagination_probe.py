@@ -55,12 +55,9 @@ def imagine(agent: dreamer.Dreamer, start: dict, rule, horizon: int) -> tuple[fl
 def open_loop_rmse(agent: dreamer.Dreamer, data: dict, key: str, horizon: int) -> dict:
     """RMSE per imagined step of the decoded observation (per dimension for
     state vectors) and of the reward, after CONTEXT observed steps."""
-    post, _ = agent.rssm.observe(agent.encoder(data[key][:, :CONTEXT]),
-                                 data["action"][:, :CONTEXT])
-    last = {k: v[:, -1] for k, v in post.items()}
-    actions = data["action"][:, CONTEXT:CONTEXT + horizon]
-    feat = agent.rssm.get_feat(agent.rssm.imagine(actions, last))
-    steps = actions.shape[1]
+    _, feat = agent.open_loop_feat({k: v[:, :CONTEXT + horizon] for k, v in data.items()},
+                                   CONTEXT)
+    steps = feat.shape[1]
     truth = agent._target({key: data[key][:, CONTEXT:CONTEXT + steps]})
     error = (agent.decoder(feat).mode() - truth).numpy()
     axes = (0,) if key == "state" else (0, 2, 3, 4)
