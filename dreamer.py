@@ -88,6 +88,7 @@ DEFAULTS = dict(
     actor_layers=4,
     pcont=False,
     free_nats=3.0,
+    prior_grad=False,
     kl_scale=1.0,
     pcont_scale=10.0,
     # Training.
@@ -374,7 +375,7 @@ class Dreamer:
                 target = c.discount * data["discount"]
                 likes["pcont"] = c.pcont_scale * self.pcont(feat).log_prob(target)
             likes = {k: tf.reduce_mean(v) for k, v in likes.items()}
-            div, div_loss = self.rssm.kl_loss(post, prior, c.free_nats)
+            div, div_loss = self.rssm.kl_loss(post, prior, c.free_nats, c.prior_grad)
             model_loss = c.kl_scale * div_loss - sum(likes.values())
         with tf.GradientTape() as actor_tape:
             imag_feat, logp = self.imagine_ahead(post)
@@ -486,12 +487,15 @@ class Dreamer:
         return action.numpy(), (latent, action)
 
     def _policy_step(self, obs, latent, action, reset, training, amount):
-        mask = 1.0 - reset[:, None]
-        latent = {k: v * mask for k, v in latent.items()}
-        latent, _ = self.rssm.obs_step(latent, action * mask, self.encoder(obs))
-        dist = self.actor(self.rssm.get_feat(latent))
-        action = dist.sample() if training else dist.mode()
-        return self.explore(action, amount), latent
+        # Acting at batch 1 is bound by per-op overhead, not arithmetic: in
+        # float32 it skips the casts of every weight that mixed precision adds.
+        with float32_compute(self.encoder, self.rssm, self.actor):
+            mask = 1.0 - reset[:, None]
+            latent = {k: v * mask for k, v in latent.items()}
+            latent, _ = self.rssm.obs_step(latent, action * mask, self.encoder(obs))
+            dist = self.actor(self.rssm.get_feat(latent))
+            action = dist.sample() if training else dist.mode()
+            return self.explore(action, amount), latent
 
     def exploration(self, step: int) -> float:
         c = self.config
@@ -510,6 +514,21 @@ class Dreamer:
             return random_actions(tf.shape(action)[0], action.shape[-1],
                                   self._act_space["discrete"])
         return action
+
+
+@contextlib.contextmanager
+def float32_compute(*layers: keras.layers.Layer):
+    """The layers and all their sublayers compute in float32 inside the block
+    (while it is traced); their variables are float32 in any case."""
+    saved = [(layer, layer.dtype_policy) for part in layers
+             for layer in part._flatten_layers()]
+    for layer, _ in saved:
+        layer.dtype_policy = "float32"
+    try:
+        yield
+    finally:
+        for layer, policy in saved:
+            layer.dtype_policy = policy
 
 
 def random_actions(batch, size: int, discrete: bool):

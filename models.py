@@ -87,11 +87,20 @@ class RSSM(keras.layers.Layer):
     def get_dist(self, state: dict) -> tfd.Distribution:
         return tfd.Independent(tfd.Normal(state["mean"], state["std"]), 1)
 
-    def kl_loss(self, post: dict, prior: dict, free_nats: float):
+    def kl_loss(self, post: dict, prior: dict, free_nats: float, prior_grad: bool = False):
         """Mean KL(post || prior) over batch and time, and its value clipped
-        from below at free_nats (the part that enters the loss)."""
-        div = tf.reduce_mean(tfd.kl_divergence(self.get_dist(post), self.get_dist(prior)))
-        return div, tf.maximum(div, free_nats)
+        from below at free_nats (the part that enters the loss). Below
+        free_nats neither side gets a gradient (PAPER); with `prior_grad` the
+        prior still learns to predict the posterior there, while the posterior
+        stays free. Low-dimensional observations need fewer nats than
+        free_nats, so without it their prior is never trained."""
+        kl = lambda p, q: tf.reduce_mean(tfd.kl_divergence(self.get_dist(p), self.get_dist(q)))
+        div = kl(post, prior)
+        if not prior_grad:
+            return div, tf.maximum(div, free_nats)
+        prior_div = kl(tf.nest.map_structure(tf.stop_gradient, post), prior)
+        below = free_nats + prior_div - tf.stop_gradient(prior_div)  # Value free_nats.
+        return div, tf.where(div > free_nats, div, below)
 
 
 class ConvEncoder(keras.layers.Layer):

@@ -169,6 +169,20 @@ def test_policy_resets_state_and_explores():
     assert not np.allclose(deter[0], fresh_deter[0], atol=1e-3)
 
 
+def test_policy_computes_in_float32_and_training_in_bfloat16():
+    agent = tiny_agent("--precision", "16")
+    obs = {"image": np.zeros((1, 64, 64, 3), np.uint8)}
+    agent.policy(obs, None, np.ones(1), True, 0)
+    graph = agent._policy.get_concrete_function(
+        tf.constant(obs["image"]), agent.rssm.initial(1), tf.zeros((1, 3)), tf.ones(1), True,
+        tf.constant(0.0)).graph
+    dtypes = {t.dtype for op in graph.get_operations() for t in op.outputs}
+    assert tf.float32 in dtypes and tf.bfloat16 not in dtypes
+    assert agent.encoder.convs[0].compute_dtype == "bfloat16"  # Restored for training.
+    graph = agent.train.get_concrete_function(batch()).graph
+    assert any(t.dtype == tf.bfloat16 for op in graph.get_operations() for t in op.outputs)
+
+
 def test_epsilon_greedy_exploration():
     agent = tiny_agent("--action_dist", "onehot", "--expl", "epsilon_greedy",
                        act_size=4, discrete=True)

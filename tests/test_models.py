@@ -99,6 +99,36 @@ def test_kl_with_free_nats(rssm):
     assert float(div) == pytest.approx(10.0) and float(loss) == pytest.approx(10.0)
 
 
+def test_prior_grad_trains_only_the_prior_below_free_nats(rssm):
+    zeros, ones = tf.zeros((2, 3, 5)), tf.ones((2, 3, 5))
+    deter = tf.zeros((2, 3, 7))
+    post_mean, prior_mean = tf.Variable(zeros), tf.Variable(ones)
+
+    def grads(free_nats, prior_grad):
+        with tf.GradientTape() as tape:
+            post = dict(mean=post_mean + 0, std=ones, stoch=zeros, deter=deter)
+            prior = dict(mean=prior_mean + 0, std=ones, stoch=zeros, deter=deter)
+            div, loss = rssm.kl_loss(post, prior, free_nats, prior_grad)
+        return float(div), float(loss), tape.gradient(loss, [post_mean, prior_mean])
+
+    # KL 2.5 below 3 free nats: the paper's loss has no gradient at all.
+    _, loss, (d_post, d_prior) = grads(3.0, False)
+    assert loss == pytest.approx(3.0)
+    assert not np.any(d_post) and not np.any(d_prior)
+    # With prior_grad the loss value stays clipped, the posterior stays free,
+    # and the prior gets the KL's gradient: (prior - post) / std^2 / (B*T).
+    div, loss, (d_post, d_prior) = grads(3.0, True)
+    assert (div, loss) == (pytest.approx(2.5), pytest.approx(3.0))
+    assert not np.any(d_post)
+    np.testing.assert_allclose(d_prior, np.full((2, 3, 5), 1 / 6), rtol=1e-5)
+    # Above free nats both forms are the paper's loss.
+    for prior_grad in (False, True):
+        div, loss, (d_post, d_prior) = grads(1.0, prior_grad)
+        assert loss == pytest.approx(div)
+        np.testing.assert_allclose(d_post, np.full((2, 3, 5), -1 / 6), rtol=1e-5)
+        np.testing.assert_allclose(d_prior, np.full((2, 3, 5), 1 / 6), rtol=1e-5)
+
+
 def test_encoder_decoder_shapes():
     encoder, decoder = models.ConvEncoder(4), models.ConvDecoder(4)
     image = tf.zeros((2, 3, 64, 64, 3), tf.uint8)
