@@ -130,6 +130,9 @@ PRESETS = dict(
     # A few CPU cores: a third of the batch and half the dense units (from
     # state, a gradient step costs a sixth of the default size here).
     cpu=dict(batch_size=16, num_units=200),
+    # Pixels on a few CPU cores: also half the conv channels and a smaller
+    # batch, a gradient step at half the `cpu` preset's cost.
+    cpu_image=dict(batch_size=12, num_units=200, cnn_depth=16),
     # A whole run with every phase in about a minute on 2 CPU cores.
     debug=dict(
         time_limit=200, prefill=800, train_every=500, train_steps=3, pretrain=3,

@@ -26,7 +26,7 @@ import plotting
 VARIANTS = {
     "paper": [],
     "state": ["--obs", "state", "--configs", "cpu"],
-    "cpu": ["--configs", "cpu"],
+    "cpu_image": ["--configs", "cpu_image"],
 }
 
 # (task, variant, env steps, seeds): the targets of this 2-core machine, and
@@ -35,7 +35,7 @@ SUITES = {
     "cpu": [
         ("dmc_cartpole_balance", "state", 50_000, (0, 1)),
         ("dmc_walker_stand", "state", 100_000, (0, 1)),
-        ("dmc_walker_stand", "cpu", 100_000, (0,)),
+        ("dmc_walker_stand", "cpu_image", 100_000, (0,)),
     ],
     "gpu": [("dmc_walker_walk", "paper", 1_000_000, (0,))],
 }
