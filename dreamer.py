@@ -144,7 +144,7 @@ PRESETS = dict(
 CHOICES = dict(
     precision=(16, 32),
     obs=("image", "state"),
-    action_dist=("tanh_normal", "onehot"),
+    action_dist=("tanh_normal", "trunc_normal", "onehot"),
     expl=("additive_gaussian", "epsilon_greedy", "completely_random", "none"),
     clip_rewards=("none", "tanh"),
 )
@@ -470,7 +470,7 @@ class Dreamer:
         return self.rssm.get_feat(post), self.rssm.get_feat(prior)
 
     def _actor_stats(self, feat) -> dict:
-        if self.config.action_dist != "tanh_normal":
+        if self.config.action_dist == "onehot":
             return {}
         saturated = tf.abs(self.actor(tf.stop_gradient(feat)).sample()) > 0.99
         return dict(action_saturation=tf.reduce_mean(tf.cast(saturated, tf.float32)))

@@ -211,7 +211,7 @@ class Actor(keras.layers.Layer):
         self._size, self._dist = size, dist
         self._init_std, self._min_std, self._mean_scale = init_std, min_std, mean_scale
         self.hidden = [dense(units, act) for _ in range(layers)]
-        out = 2 * size if dist == "tanh_normal" else size
+        out = size if dist == "onehot" else 2 * size
         self.out = dense(out)
 
     def call(self, feat):
@@ -221,6 +221,8 @@ class Actor(keras.layers.Layer):
         x = tf.cast(self.out(x), f32)
         if self._dist == "tanh_normal":
             return tanh_normal(x, self._init_std, self._min_std, self._mean_scale)
+        if self._dist == "trunc_normal":
+            return trunc_normal(x, self._min_std)
         if self._dist == "onehot":
             return tools.OneHotDist(logits=x, dtype=f32)
         raise ValueError(f"Unknown action distribution '{self._dist}'.")
@@ -237,6 +239,16 @@ def tanh_normal(x, init_std: float, min_std: float, mean_scale: float) -> tools.
     # samples, so log_prob of a saturated sample (|a| = 1 in float32) stays finite.
     dist = tfd.Independent(tfd.Normal(mean, std), 1)
     return tools.SampleDist(tfd.TransformedDistribution(dist, tfp.bijectors.Tanh()))
+
+
+def trunc_normal(x, min_std: float) -> tfd.Distribution:
+    """Normal truncated to [-1, 1] (not in the paper; later Dreamer versions):
+    unlike the tanh-Normal, a sample at a bound still passes the return's
+    gradient to the mean, and the mode is the mean itself. Std in
+    (min_std, 2 + min_std)."""
+    mean, std = tf.split(x, 2, -1)
+    std = 2 * tf.sigmoid(std / 2) + min_std
+    return tfd.Independent(tfd.TruncatedNormal(tf.tanh(mean), std, -1.0, 1.0), 1)
 
 
 def preprocess(image, dtype="float32"):

@@ -98,6 +98,18 @@ def test_train_step_is_finite_and_moves_each_part(precision):
         assert agent.encoder.convs[0].kernel.dtype == "float32"
 
 
+def test_trunc_normal_actor_trains_and_acts():
+    agent = tiny_agent("--action_dist", "trunc_normal", "--action_min_std", "0.1")
+    actor = [v.numpy().copy() for v in agent.actor.trainable_variables]
+    metrics = agent.train(batch())
+    assert all(np.isfinite(v.numpy()) for v in metrics.values())
+    assert 0 <= metrics["action_saturation"] <= 1
+    assert not all(np.allclose(a, b.numpy()) for a, b in zip(actor, agent.actor.trainable_variables))
+    obs = {"image": np.zeros((2, 64, 64, 3), np.uint8)}
+    action, _ = agent.policy(obs, None, np.ones(2), False, 0)
+    assert action.shape == (2, 3) and np.abs(action).max() <= 1
+
+
 def test_each_optimizer_updates_only_its_own_variables():
     agent = tiny_agent()
     decoder = [v.numpy().copy() for v in agent.decoder.trainable_variables]

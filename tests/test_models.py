@@ -39,6 +39,21 @@ def test_tanh_normal_mode_per_batch_element():
     assert entropy.shape == (2,) and np.isfinite(entropy).all()
 
 
+def test_trunc_normal_mode_bounds_and_gradient_at_the_bound():
+    mean_raw = tf.Variable([[3.0, -0.4]])  # tanh(3) = 0.995: near the bound.
+    with tf.GradientTape() as tape:
+        dist = models.trunc_normal(tf.concat([mean_raw, tf.zeros((1, 2))], -1), 0.1)
+        sample = dist.sample(1000, seed=1)
+        loss = tf.reduce_mean(sample)
+    np.testing.assert_allclose(dist.mode().numpy(), np.tanh([[3.0, -0.4]]), rtol=1e-6)
+    assert np.abs(sample.numpy()).max() <= 1.0
+    assert dist.entropy().shape == (1,) and np.isfinite(dist.log_prob(sample).numpy()).all()
+    # The return's gradient reaches the mean even with most samples near +1
+    # (a tanh-Normal's would be close to zero there).
+    grad = tape.gradient(loss, mean_raw).numpy()
+    assert grad[0, 0] > 1e-3 and grad[0, 1] > 1e-2
+
+
 def test_saturated_samples_have_finite_log_prob():
     dist = actor_dist(np.zeros((64, 6)), np.zeros((64, 6)))  # std 5: many |a| = 1.
     sample = dist.sample(10)
