@@ -104,6 +104,9 @@ def test_dataset_batches(tmp_path):
     batch = next(iter(tools.make_dataset(replay, spec, 3, 6)))
     assert batch["image"].shape == (3, 6, 64, 64, 3) and batch["image"].dtype == tf.uint8
     assert batch["action"].shape == (3, 6, 2)
+    # Each row is one contiguous chunk of the episode (rewards count its steps).
+    reward = batch["reward"].numpy() - 1000
+    assert np.all(np.diff(reward, axis=1) == 1) and reward.min() >= 0 and reward.max() <= 15
 
 
 def test_schedule_and_every():
