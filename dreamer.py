@@ -726,14 +726,34 @@ def make_strategy(config: argparse.Namespace) -> tf.distribute.Strategy:
     return strategy
 
 
-def set_precision(precision: int) -> None:
-    """Mixed precision keeps variables in float32: bfloat16 compute on CPUs
-    (AVX512-BF16 / AMX), float16 with loss scaling on GPUs."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). Where
+    it does not, TensorFlow emulates it: on an AVX2-only AMD EPYC a gradient
+    step of the cpu_image preset took 7.3 s in bfloat16 against 1.9 s in
+    float32."""
+    try:
+        flags = set(pathlib.Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def set_precision(precision: int) -> int:
+    """Mixed precision keeps variables in float32: float16 compute with loss
+    scaling on GPUs, bfloat16 on CPUs that have it, float32 on other CPUs.
+    Returns the precision the run computes in."""
     policy = "float32"
     if precision == 16:
-        gpu = bool(tf.config.list_physical_devices("GPU"))
-        policy = "mixed_float16" if gpu else "mixed_bfloat16"
+        if tf.config.list_physical_devices("GPU"):
+            policy = "mixed_float16"
+        elif cpu_has_bf16():
+            policy = "mixed_bfloat16"
+        else:
+            print("--precision 16: this CPU has no bfloat16 instructions (AVX512-BF16 or "
+                  "AMX), which TensorFlow would emulate several times slower than float32; "
+                  "computing in float32.")
     keras.mixed_precision.set_dtype_policy(policy)
+    return 32 if policy == "float32" else 16
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -752,7 +772,7 @@ def main(argv: list[str] | None = None) -> None:
     random.seed(config.seed)
     np.random.seed(config.seed)
     tf.random.set_seed(config.seed)
-    set_precision(config.precision)
+    config.precision = set_precision(config.precision)  # config.yaml records what runs.
 
     train_envs = make_envs(config, config.envs, config.seed, train=True)
     test_envs = make_envs(config, 1, config.seed + 1000, train=False)

@@ -186,7 +186,9 @@ def grad_step(extra: list[str], precision: int, batch: int, length: int,
               settings: dict) -> tuple[dict, dreamer.Dreamer]:
     agent = build_agent(extra, precision, batch, length)
     data = synthetic_batch(batch, length, ACTIONS)
-    result = dict(batch=[batch, length], precision=precision, **step_flops(agent, data))
+    result = dict(batch=[batch, length], precision=precision,
+                  dtype_policy=keras.mixed_precision.global_policy().name,  # What ran.
+                  **step_flops(agent, data))
     start = time.perf_counter()
     agent.train(data)["model_loss"].numpy()  # The first call optimizes the graph.
     result["first_call_s"] = time.perf_counter() - start

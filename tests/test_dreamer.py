@@ -83,7 +83,8 @@ def batch(batch_size=4, length=10, act_size=3, seed=0):
 
 
 @pytest.mark.parametrize("precision", [32, 16])
-def test_train_step_is_finite_and_moves_each_part(precision):
+def test_train_step_is_finite_and_moves_each_part(precision, monkeypatch):
+    monkeypatch.setattr(dreamer, "cpu_has_bf16", lambda: True)  # The bfloat16 path on any CPU.
     agent = tiny_agent("--precision", str(precision))
     parts = dict(model=agent.encoder, actor=agent.actor, value=agent.value)
     before = {k: [v.numpy().copy() for v in p.trainable_variables] for k, p in parts.items()}
@@ -181,7 +182,8 @@ def test_policy_resets_state_and_explores():
     assert not np.allclose(deter[0], fresh_deter[0], atol=1e-3)
 
 
-def test_policy_computes_in_float32_and_training_in_bfloat16():
+def test_policy_computes_in_float32_and_training_in_bfloat16(monkeypatch):
+    monkeypatch.setattr(dreamer, "cpu_has_bf16", lambda: True)
     agent = tiny_agent("--precision", "16")
     obs = {"image": np.zeros((1, 64, 64, 3), np.uint8)}
     agent.policy(obs, None, np.ones(1), True, 0)
@@ -193,6 +195,18 @@ def test_policy_computes_in_float32_and_training_in_bfloat16():
     assert agent.encoder.convs[0].compute_dtype == "bfloat16"  # Restored for training.
     graph = agent.train.get_concrete_function(batch()).graph
     assert any(t.dtype == tf.bfloat16 for op in graph.get_operations() for t in op.outputs)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_16_uses_bfloat16_only_where_the_cpu_has_it(native, monkeypatch, capsys):
+    monkeypatch.setattr(dreamer, "cpu_has_bf16", lambda: native)
+    try:
+        assert dreamer.set_precision(16) == (16 if native else 32)
+        policy = keras.mixed_precision.global_policy().name
+    finally:
+        dreamer.set_precision(32)
+    assert policy == ("mixed_bfloat16" if native else "float32")
+    assert ("computing in float32" in capsys.readouterr().out) != native
 
 
 def test_epsilon_greedy_exploration():
