@@ -292,7 +292,7 @@ def table_rows(results: dict, first: int) -> list[tuple[str, str, str, str]]:
         # Targets hold for the project's (first) precision; others are context.
         target = (check(f"grad_{name}", g["seconds"]["median"])
                   if g["precision"] == first else ("-", ""))
-        rows.append((f"grad step {name} p{g['precision']} s (median, min)",
+        rows.append((f"grad step {name} p{g['precision']} ({g['dtype_policy']}) s (median, min)",
                      f"{g['seconds']['median']:.3f}, {g['seconds']['min']:.3f}", *target))
         rows.append((f"  GFLOP/step, GFLOP/s, fraction of matmul {g['peak_dtype']}",
                      (f"{g['flops'] / 1e9:.0f}, {g['achieved_gflops']:.0f}, "
@@ -342,7 +342,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
     for batch, length, precision in rows:
         print(f"Gradient step {batch}x{length} precision {precision}.", flush=True)
         result, agent = grad_step(extra, precision, batch, length, settings)
-        result["peak_dtype"] = "bfloat16" if precision == 16 else "float32"
+        # Mixed float16 (GPUs) is compared with the bfloat16 rate, of the same width.
+        result["peak_dtype"] = "float32" if result["dtype_policy"] == "float32" else "bfloat16"
         peak = results["matmul"][result["peak_dtype"]]["gflops_median"]
         result["fraction_of_matmul"] = result["achieved_gflops"] / peak
         results["grad_step"].append(result)
