@@ -52,7 +52,8 @@ def growth(precision: int, calls: int) -> tuple[float, float]:
 
 def replay_growth(frames: int, cache: int, repeat: int = 2, length: int = 500) -> dict:
     """RSS growth of a Replay over `frames` env steps of stored episodes
-    after sampling 50-step chunks until every episode was loaded once."""
+    after sampling training chunks until every episode was loaded once (or
+    20 chunks per episode, whichever comes first)."""
     directory = pathlib.Path(tempfile.mkdtemp(prefix="replay-"))
     episodes = frames // (repeat * length)
     for i in range(episodes):
@@ -65,15 +66,14 @@ def replay_growth(frames: int, cache: int, repeat: int = 2, length: int = 500) -
     before = process.memory_info().rss
     replay, start, samples = tools.Replay(directory, cache), time.time(), 0
     loaded = set()
-    while len(loaded) < episodes:
-        chunk = replay.sample(50)
+    while len(loaded) < episodes and samples < 20 * episodes:
+        chunk = replay.sample(dreamer.DEFAULTS["batch_length"])
         loaded.add(int(chunk["reward"][0]))  # The episode's index.
         samples += 1
-        if samples >= 20 * episodes:
-            break
     episode_mib = (length + 1) * 64 * 64 * 3 / 2**20
     shutil.rmtree(directory)
-    return dict(episodes=episodes, cache=cache, samples=samples, seconds=time.time() - start,
+    return dict(episodes=episodes, loaded=len(loaded), cache=cache, samples=samples,
+                seconds=time.time() - start,
                 growth_mib=(process.memory_info().rss - before) / 2**20,
                 bound_mib=min(cache, episodes) * episode_mib)
 
@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.replay:
         r = replay_growth(args.frames, args.cache)
-        print(f"replay of {args.frames} env steps ({r['episodes']} episodes), cache "
-              f"{r['cache']}: {r['samples']} chunks in {r['seconds']:.0f} s, RSS growth "
+        print(f"replay of {args.frames} env steps ({r['episodes']} episodes, {r['loaded']} "
+              f"loaded), cache {r['cache']}: {r['samples']} chunks in {r['seconds']:.0f} s, "
+              "RSS growth "
               f"{r['growth_mib']:.0f} MiB (cached images: {r['bound_mib']:.0f} MiB)")
         return
     for precision in args.precision:
