@@ -83,6 +83,7 @@ DEFAULTS = dict(
     cnn_depth=32,
     dense_act="elu",
     cnn_act="relu",
+    decoder_std=1.0,
     reward_layers=2,
     value_layers=3,
     actor_layers=4,
@@ -213,7 +214,7 @@ def check_values(config: argparse.Namespace) -> None:
         raise ValueError(f"--devices must be 0 (all visible) or positive, got {config.devices}")
     positive = ("steps", "envs", "action_repeat", "time_limit", "batch_size",
                 "batch_length", "horizon", "deter_size", "stoch_size", "num_units",
-                "cnn_depth", "train_every", "eval_every", "log_every")
+                "cnn_depth", "train_every", "eval_every", "log_every", "decoder_std")
     for key in positive:
         if getattr(config, key) <= 0:
             raise ValueError(f"--{key} must be positive, got {getattr(config, key)}")
@@ -310,10 +311,11 @@ class Dreamer:
         shape = obs_space[self._key][0]
         if self._key == "image":
             self.encoder = models.ConvEncoder(c.cnn_depth, c.cnn_act)
-            self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act, shape)
+            self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act, shape, c.decoder_std)
         else:
             self.encoder = models.DenseEncoder(3, c.num_units, c.dense_act)
-            self.decoder = models.DenseHead(shape, 3, c.num_units, c.dense_act)
+            self.decoder = models.DenseHead(shape, 3, c.num_units, c.dense_act,
+                                            std=c.decoder_std)
         self.reward = models.DenseHead((), c.reward_layers, c.num_units, c.dense_act)
         self.pcont = models.DenseHead(
             (), 3, c.num_units, c.dense_act, dist="binary") if c.pcont else None

@@ -135,11 +135,11 @@ class DenseEncoder(keras.layers.Layer):
 
 
 class ConvDecoder(keras.layers.Layer):
-    """Feature -> Normal(mean image, 1) over 64x64x3 (PAPER: decoder)."""
+    """Feature -> Normal(mean image, std) over 64x64x3 (PAPER: decoder, std 1)."""
 
-    def __init__(self, depth: int = 32, act="relu", shape=(64, 64, 3)):
+    def __init__(self, depth: int = 32, act="relu", shape=(64, 64, 3), std: float = 1.0):
         super().__init__()
-        self._shape = tuple(shape)
+        self._shape, self._std = tuple(shape), std
         self.linear = dense(32 * depth, None, "linear")
         self.deconvs = [
             VectorDeconv(4 * depth, 5, act),
@@ -154,7 +154,7 @@ class ConvDecoder(keras.layers.Layer):
         for deconv in self.deconvs:
             x = deconv(x)
         mean = tf.reshape(tf.cast(x, f32), tf.concat([batch, self._shape], 0))
-        return tfd.Independent(tfd.Normal(mean, 1.0), len(self._shape))
+        return tfd.Independent(tfd.Normal(mean, self._std), len(self._shape))
 
 
 class VectorDeconv(keras.layers.Layer):
@@ -178,12 +178,12 @@ class VectorDeconv(keras.layers.Layer):
 
 
 class DenseHead(keras.layers.Layer):
-    """MLP on the feature: Normal(mean, 1) or Bernoulli."""
+    """MLP on the feature: Normal(mean, std) or Bernoulli."""
 
     def __init__(self, shape=(), layers: int = 2, units: int = 400, act="elu",
-                 dist: str = "normal"):
+                 dist: str = "normal", std: float = 1.0):
         super().__init__()
-        self._shape, self._dist = tuple(shape), dist
+        self._shape, self._dist, self._std = tuple(shape), dist, std
         self.hidden = [dense(units, act) for _ in range(layers)]
         self.out = dense(int(np.prod(self._shape)))
 
@@ -194,7 +194,7 @@ class DenseHead(keras.layers.Layer):
         x = tf.cast(self.out(x), f32)
         x = tf.reshape(x, tf.concat([tf.shape(feat)[:-1], self._shape], 0))
         if self._dist == "normal":
-            return tfd.Independent(tfd.Normal(x, 1.0), len(self._shape))
+            return tfd.Independent(tfd.Normal(x, self._std), len(self._shape))
         if self._dist == "binary":
             return tfd.Independent(tfd.Bernoulli(logits=x, dtype=f32), len(self._shape))
         raise ValueError(f"Unknown head distribution '{self._dist}'.")

@@ -336,6 +336,20 @@ def test_state_observations_train_step():
     assert action.shape == (1, 1)
 
 
+@pytest.mark.parametrize("obs", ["state", "image"])
+def test_decoder_std_sets_the_likelihood_scale(obs):
+    config = parse("--configs", "debug", "--obs", obs, "--decoder_std", "0.1")
+    shape = (5,) if obs == "state" else (64, 64, 3)
+    agent = dreamer.Dreamer(config, {obs: (shape, np.float32)}, {"shape": (1,), "discrete": False})
+    dist = agent.decoder(tf.random.normal((2, 3, config.deter_size + config.stoch_size)))
+    target = dist.mean() + 0.2
+    # log N(mean + 0.2; mean, 0.1) = -log(0.1 sqrt(2 pi)) - 0.5 * 2^2 per dimension.
+    want = np.prod(shape) * (-np.log(0.1 * np.sqrt(2 * np.pi)) - 2.0)
+    np.testing.assert_allclose(dist.log_prob(target).numpy(), np.full((2, 3), want), rtol=1e-4)
+    # The reward and value heads keep unit variance.
+    assert agent.reward(tf.zeros((1, config.deter_size + config.stoch_size))).stddev() == 1.0
+
+
 @pytest.mark.slow
 def test_gymnasium_task_with_state_and_discrete_actions(tmp_path):
     logdir = tmp_path / "cartpole"
