@@ -61,6 +61,7 @@ DEFAULTS = dict(
     seed=0,
     steps=int(5e6),
     eval_every=int(1e4),
+    eval_episodes=1,
     log_every=int(1e3),
     precision=16,
     jit=False,
@@ -134,9 +135,10 @@ PRESETS = dict(
     # Pixels on a few CPU cores: also half the conv channels and a smaller
     # batch, a gradient step at half the `cpu` preset's cost.
     cpu_image=dict(batch_size=12, num_units=200, cnn_depth=16),
-    # A whole run with every phase in about a minute on 2 CPU cores.
+    # A whole run with every phase in about a minute on 2 CPU cores (without
+    # shadows and reflections, a third of Mesa's render time).
     debug=dict(
-        time_limit=200, prefill=800, train_every=500, train_steps=3, pretrain=3,
+        render_fast=True, time_limit=200, prefill=800, train_every=500, train_steps=3, pretrain=3,
         eval_every=2000, log_every=500, batch_size=4, batch_length=10, horizon=5,
         deter_size=32, stoch_size=8, num_units=32, cnn_depth=4, replay_cache=20,
         precision=32),
@@ -214,7 +216,8 @@ def check_values(config: argparse.Namespace) -> None:
         raise ValueError(f"--devices must be 0 (all visible) or positive, got {config.devices}")
     positive = ("steps", "envs", "action_repeat", "time_limit", "batch_size",
                 "batch_length", "horizon", "deter_size", "stoch_size", "num_units",
-                "cnn_depth", "train_every", "eval_every", "log_every", "decoder_std")
+                "cnn_depth", "train_every", "eval_every", "eval_episodes", "log_every",
+                "decoder_std")
     for key in positive:
         if getattr(config, key) <= 0:
             raise ValueError(f"--{key} must be positive, got {getattr(config, key)}")
@@ -815,10 +818,13 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list,
         logger.scalar("train/return", episode["reward"].sum())
         logger.scalar("train/length", (len(episode["reward"]) - 1) * config.action_repeat)
 
+    filmed = set()  # Steps whose evaluation has its first episode on video.
+
     def on_test_episode(episode):
         logger.scalar("test/return", episode["reward"].sum())
         logger.scalar("test/length", (len(episode["reward"]) - 1) * config.action_repeat)
-        if config.log_videos and "image" in episode:
+        if config.log_videos and "image" in episode and step not in filmed:
+            filmed.add(step)
             logger.video(step, "test/video", "test", episode["image"])
 
     act_space = train_envs[0].act_space
@@ -884,7 +890,8 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list,
         if should_eval(step) or step >= config.steps:
             progress.phase("eval")
             test_driver.reset()
-            test_driver(policy(False), episodes=1)
+            test_driver(policy(False), episodes=config.eval_episodes)
+            logger.scalar("test/episodes", config.eval_episodes)
             save_checkpoint(agent, checkpoints, step)
             logger.scalar("wall_time", wall_time())
             logger.write(step)

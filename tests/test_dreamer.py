@@ -273,7 +273,8 @@ def test_debug_run_then_resume(tmp_path):
     # Not on a terminal: plain log lines, no progress bar.
     assert "\r" not in first.stdout + first.stderr and "[3000] " in first.stdout
 
-    second = run(logdir, "--task", "dmc_walker_walk", "--configs", "debug", "--steps", "4000")
+    second = run(logdir, "--task", "dmc_walker_walk", "--configs", "debug", "--steps", "4000",
+                 "--eval_episodes", "3")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Prefill" not in second.stdout and "Pretrain" not in second.stdout
     assert f"Resumed from checkpoint at step {last_step}" in second.stdout
@@ -283,6 +284,11 @@ def test_debug_run_then_resume(tmp_path):
     saved = tf.train.load_checkpoint(str(checkpoints[-1] / "ckpt"))
     assert saved.get_tensor(iterations[0]) > first_iterations  # Adam state carried on.
     assert int(checkpoints[-1].name) >= 4000
+    # Each later evaluation averages three episodes and films the first.
+    evals = [m for m in new if "test/return" in m]
+    assert evals and all(m["test/episodes"] == 3 for m in evals)
+    assert all(m["test/episodes"] == 1 for m in metrics if "test/return" in m)
+    assert len(sorted((logdir / "videos").glob("test_*.gif"))) == len(test_videos) + len(evals)
 
 
 @pytest.mark.slow
