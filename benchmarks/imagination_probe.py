@@ -13,7 +13,8 @@ From posterior states of replay chunks it prints:
   model's gradient of the imagined return with respect to the first action
   have the sign of a linear controller that balances the real task (found
   by random search over gains: 999.97 of 1000 on one episode), over the
-  replay states with the pole near upright.
+  replay states with the pole near upright, and, per 10 stored episodes in
+  the order they were collected, how long the pole stayed up.
 """
 
 import functools
@@ -89,6 +90,23 @@ def cartpole_agreement(agent: dreamer.Dreamer, data: dict, start: dict, horizon:
     return dict(upright=float(upright.mean()), actor=agree(actor), gradient=agree(grad))
 
 
+def cartpole_balance_times(directory: pathlib.Path, group: int = 10) -> list[dict]:
+    """Per `group` stored episodes, in the order they were collected: the
+    median agent step at which the pole first fell (cos < 0.5; the episode's
+    length if it never did) and the mean fraction of steps upright (cos > 0.9).
+    A balancing policy raises the first; a swing-up after a fall, only the
+    second."""
+    falls, upright = [], []
+    for path in tools.list_episodes(directory):
+        cos = tools.load_episode(path)["state"][:, 1]
+        falls.append(int(np.argmax(cos < 0.5)) if (cos < 0.5).any() else len(cos))
+        upright.append(float(np.mean(cos > 0.9)))
+    return [dict(episodes=(start + 1, min(start + group, len(falls))),
+                 first_fall=float(np.median(falls[start:start + group])),
+                 upright=float(np.mean(upright[start:start + group])))
+            for start in range(0, len(falls), group)]
+
+
 def main(argv: list[str] | None = None) -> None:
     config = dreamer.parse_config(argv)
     logdir = pathlib.Path(config.logdir)
@@ -123,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"pole near upright in {agree['upright']:.1%} of replay states; sign agreement "
               f"with a balancing controller there: actor {agree['actor']:.1%}, model "
               f"gradient of the imagined return {agree['gradient']:.1%}")
+        for row in cartpole_balance_times(logdir / "episodes"):
+            print(f"episodes {row['episodes'][0]}-{row['episodes'][1]}: pole first fell at "
+                  f"agent step {row['first_fall']:.0f} (median), upright {row['upright']:.0%} "
+                  "of steps")
 
 
 if __name__ == "__main__":
