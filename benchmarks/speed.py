@@ -3,8 +3,9 @@
 python benchmarks/speed.py [--quick] [--out benchmarks/results/speed.json]
     [--precision 16|32 ...] [extra dreamer.py flags, e.g. --jit True]
 
-Measures seconds per gradient step (batch 50x50 and 16x50), policy latency
-(batch 1), the environment step with and without fast rendering, collection
+Measures seconds per gradient step (batch 50x50 and 16x50, and the state
+step of the learning benchmark: cartpole, `--obs state --configs cpu`), policy
+latency (batch 1), the environment step with and without fast rendering, collection
 frames/s with one and two env workers, and this machine's matmul GFLOP/s, of
 which the gradient step's achieved FLOP rate is given as a fraction. Prints a
 table and writes every number to a JSON file. Timings on a shared machine are
@@ -107,32 +108,44 @@ def matmul_gflops(dtype: tf.DType, n: int, reps: int) -> dict:
 # The gradient step.
 
 
-# Walker's spaces, declared rather than asked of an environment, since one
-# cannot be built in this process (TensorFlow and Mesa in one process crash).
-ACTIONS = 6
-OBS_SPACE = {"image": ((64, 64, 3), np.uint8)}
-ACT_SPACE = {"shape": (ACTIONS,), "discrete": False,
-             "low": -np.ones(ACTIONS, np.float32), "high": np.ones(ACTIONS, np.float32)}
+# Walker's and cartpole's spaces, declared rather than asked of an environment,
+# since one cannot be built in this process (TensorFlow and Mesa crash together).
+def act_space(actions: int) -> dict:
+    return {"shape": (actions,), "discrete": False,
+            "low": -np.ones(actions, np.float32), "high": np.ones(actions, np.float32)}
 
 
-def synthetic_batch(batch: int, length: int, actions: int, seed: int = 0) -> dict:
+# name: (obs space, act space, dreamer.py flags).
+MODELS = {
+    "image": ({"image": ((64, 64, 3), np.uint8)}, act_space(6), []),
+    "state": ({"state": ((5,), np.float32)}, act_space(1),
+              ["--obs", "state", "--configs", "cpu"]),
+}
+
+
+def synthetic_batch(batch: int, length: int, model: str, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return dict(
-        image=tf.constant(rng.integers(0, 256, (batch, length, 64, 64, 3), np.uint8)),
-        action=tf.constant(rng.uniform(-1, 1, (batch, length, actions)).astype(np.float32)),
-        reward=tf.constant(rng.normal(size=(batch, length)).astype(np.float32)),
-        discount=tf.ones((batch, length), tf.float32))
+    obs_space, act, _ = MODELS[model]
+    [(key, (shape, dtype))] = obs_space.items()
+    obs = (rng.integers(0, 256, (batch, length, *shape)) if dtype == np.uint8
+           else rng.normal(size=(batch, length, *shape)))
+    actions = rng.uniform(-1, 1, (batch, length, *act["shape"]))
+    return {key: tf.constant(obs.astype(dtype)),
+            "action": tf.constant(actions.astype(np.float32)),
+            "reward": tf.constant(rng.normal(size=(batch, length)).astype(np.float32)),
+            "discount": tf.ones((batch, length), tf.float32)}
 
 
-def build_agent(extra: list[str], precision: int, batch: int = 50,
-                length: int = 50) -> dreamer.Dreamer:
+def build_agent(extra: list[str], precision: int, batch: int = 50, length: int = 50,
+                model: str = "image") -> dreamer.Dreamer:
     """A fresh agent; the dtype policy must be set before its layers exist."""
     keras.backend.clear_session()
+    obs_space, act, flags = MODELS[model]
     config = dreamer.parse_config(
-        ["--logdir", "/tmp/unused", *extra, "--precision", str(precision),
+        ["--logdir", "/tmp/unused", *flags, *extra, "--precision", str(precision),
          "--batch_size", str(batch), "--batch_length", str(length)])
     dreamer.set_precision(config.precision)
-    return dreamer.Dreamer(config, OBS_SPACE, ACT_SPACE)
+    return dreamer.Dreamer(config, obs_space, act)
 
 
 def _op_flops(op: tf.Operation) -> int:
@@ -183,10 +196,10 @@ def step_flops(agent: dreamer.Dreamer, batch: dict) -> dict:
 
 
 def grad_step(extra: list[str], precision: int, batch: int, length: int,
-              settings: dict) -> tuple[dict, dreamer.Dreamer]:
-    agent = build_agent(extra, precision, batch, length)
-    data = synthetic_batch(batch, length, ACTIONS)
-    result = dict(batch=[batch, length], precision=precision,
+              settings: dict, model: str = "image") -> tuple[dict, dreamer.Dreamer]:
+    agent = build_agent(extra, precision, batch, length, model)
+    data = synthetic_batch(batch, length, model)
+    result = dict(batch=[batch, length], precision=precision, model=model,
                   dtype_policy=keras.mixed_precision.global_policy().name,  # What ran.
                   **step_flops(agent, data))
     start = time.perf_counter()
@@ -289,9 +302,10 @@ def table_rows(results: dict, first: int) -> list[tuple[str, str, str, str]]:
                      f"{mm['gflops_median']:.0f}, {mm['gflops_best']:.0f}", "-", ""))
     for g in results["grad_step"]:
         name = "x".join(map(str, g["batch"]))
-        # Targets hold for the project's (first) precision; others are context.
+        # Targets hold for images at the project's (first) precision; the rest is context.
         target = (check(f"grad_{name}", g["seconds"]["median"])
-                  if g["precision"] == first else ("-", ""))
+                  if g["precision"] == first and g["model"] == "image" else ("-", ""))
+        name += " state" if g["model"] == "state" else ""
         rows.append((f"grad step {name} p{g['precision']} ({g['dtype_policy']}) s (median, min)",
                      f"{g['seconds']['median']:.3f}, {g['seconds']['min']:.3f}", *target))
         rows.append((f"  GFLOP/step, GFLOP/s, fraction of matmul {g['peak_dtype']}",
@@ -336,12 +350,14 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
         name: dict(dtype=name, **matmul_gflops(dtype, settings["matmul_n"],
                                                settings["matmul_reps"]))
         for name, dtype in (("float32", tf.float32), ("bfloat16", tf.bfloat16))}
-    rows = [] if args.quick else [(50, 50, p) for p in args.precision]
-    rows.append((16, 50, first))  # Last, so that its agent serves the policy test.
+    rows = [] if args.quick else [(50, 50, p, "image") for p in args.precision]
+    # The state step of the learning runs, then the image one whose agent
+    # serves the policy test.
+    rows += [(16, 50, first, "state"), (16, 50, first, "image")]
     results["grad_step"] = []
-    for batch, length, precision in rows:
-        print(f"Gradient step {batch}x{length} precision {precision}.", flush=True)
-        result, agent = grad_step(extra, precision, batch, length, settings)
+    for batch, length, precision, model in rows:
+        print(f"Gradient step {batch}x{length} {model} precision {precision}.", flush=True)
+        result, agent = grad_step(extra, precision, batch, length, settings, model)
         # Mixed float16 (GPUs) is compared with the bfloat16 rate, of the same width.
         result["peak_dtype"] = "float32" if result["dtype_policy"] == "float32" else "bfloat16"
         peak = results["matmul"][result["peak_dtype"]]["gflops_median"]
