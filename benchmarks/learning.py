@@ -63,11 +63,10 @@ def finished(logdir: pathlib.Path, steps: int) -> bool:
     return any(r["step"] >= steps and "test/return" in r for r in records)
 
 
-def command(outdir: pathlib.Path, task: str, variant: str, steps: int, seed: int,
+def command(logdir: pathlib.Path, task: str, variant: str, steps: int, seed: int,
             extra: list[str]) -> list[str]:
-    return [sys.executable, str(ROOT / "dreamer.py"),
-            "--logdir", str(logdir_of(outdir, task, variant, seed)), "--task", task,
-            "--seed", str(seed), "--steps", str(steps),
+    return [sys.executable, str(ROOT / "dreamer.py"), "--logdir", str(logdir),
+            "--task", task, "--seed", str(seed), "--steps", str(steps),
             "--eval_every", str(max(steps // 20, 1000)), *VARIANTS[variant], *extra]
 
 
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
                 if finished(logdir, steps):
                     print(f"{logdir}: done already.")
                 else:
-                    jobs.append((logdir, command(outdir, task, variant, steps, seed, args.extra)))
+                    jobs.append((logdir, command(logdir, task, variant, steps, seed, args.extra)))
         train_all(jobs, args.parallel)
     table = report(outdir, runs)
     print(table)

@@ -108,14 +108,15 @@ def matmul_gflops(dtype: tf.DType, n: int, reps: int) -> dict:
 # The gradient step.
 
 
-# Walker's and cartpole's spaces, declared rather than asked of an environment,
-# since one cannot be built in this process (TensorFlow and Mesa crash together).
 def act_space(actions: int) -> dict:
     return {"shape": (actions,), "discrete": False,
             "low": -np.ones(actions, np.float32), "high": np.ones(actions, np.float32)}
 
 
-# name: (obs space, act space, dreamer.py flags).
+# name: (obs space, act space, dreamer.py flags) of walker from pixels and
+# cartpole from state. The spaces are declared rather than asked of an
+# environment, since one cannot be built in this process (TensorFlow and Mesa
+# crash together).
 MODELS = {
     "image": ({"image": ((64, 64, 3), np.uint8)}, act_space(6), []),
     "state": ({"state": ((5,), np.float32)}, act_space(1),
