@@ -4,7 +4,7 @@ python benchmarks/speed.py [--quick] [--out benchmarks/results/speed.json]
     [--precision 16|32 ...] [extra dreamer.py flags, e.g. --jit True]
 
 Measures seconds per gradient step (batch 50x50 and 16x50, and the state
-step of the learning benchmark: cartpole, `--obs state --configs cpu`), policy
+step of the learning benchmark: cartpole, `--obs state --configs cpu_state`), policy
 latency (batch 1), the environment step with and without fast rendering, collection
 frames/s with one and two env workers, and this machine's matmul GFLOP/s, of
 which the gradient step's achieved FLOP rate is given as a fraction. Prints a
@@ -120,7 +120,7 @@ def act_space(actions: int) -> dict:
 MODELS = {
     "image": ({"image": ((64, 64, 3), np.uint8)}, act_space(6), []),
     "state": ({"state": ((5,), np.float32)}, act_space(1),
-              ["--obs", "state", "--configs", "cpu"]),
+              ["--obs", "state", "--configs", "cpu_state"]),
 }
 
 

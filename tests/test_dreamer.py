@@ -36,6 +36,8 @@ def test_defaults_are_the_paper():
 def test_presets_then_explicit_flags():
     c = parse("--configs", "debug", "--batch_size", "7", "--steps", "3e3")
     assert c.batch_size == 7 and c.steps == 3000 and c.deter_size == 32
+    state = parse("--configs", "cpu_state", "--obs", "state", "--num_units", "64")
+    assert (state.batch_size, state.deter_size, state.num_units) == (16, 100, 64)
     atari = parse("--task", "atari_pong", "--horizon", "12")
     assert atari.action_dist == "onehot" and atari.pcont and atari.expl == "epsilon_greedy"
     assert atari.horizon == 12 and atari.kl_scale == 0.1 and atari.action_repeat == 4
