@@ -31,11 +31,11 @@ VARIANTS = {
     "state": ["--obs", "state", "--configs", "cpu"],
     # From a few state dimensions a unit-variance decoder leaves the model
     # imprecise; these settings gave the best measured cartpole from state
-    # (RESULTS.md, 2026-11-26: the smaller cpu_state model reached 927 at 50k
-    # on seed 0 where cpu had 569).
+    # (RESULTS.md, 2026-11-26: 887 and 942 at 50k). The longer pretraining on
+    # the prefill episodes avoided the actor's early collapse to one push.
     "state_sharp": ["--obs", "state", "--configs", "cpu_state", "--decoder_std", "0.03",
                     "--free_nats", "1", "--action_dist", "trunc_normal",
-                    "--action_min_std", "0.1"],
+                    "--action_min_std", "0.1", "--pretrain", "1000"],
     "cpu_image": ["--configs", "cpu_image"],
 }
 
