@@ -31,7 +31,7 @@ VARIANTS = {
     "state": ["--obs", "state", "--configs", "cpu"],
     # From a few state dimensions a unit-variance decoder leaves the model
     # imprecise; these settings gave the best measured cartpole from state
-    # (RESULTS.md, 2026-11-26: 887 and 942 at 50k). The longer pretraining on
+    # (RESULTS.md, 2026-11-26: 887 and 942 at 50k; a third seed 651). The longer pretraining on
     # the prefill episodes avoided the actor's early collapse to one push.
     "state_sharp": ["--obs", "state", "--configs", "cpu_state", "--decoder_std", "0.03",
                     "--free_nats", "1", "--action_dist", "trunc_normal",
