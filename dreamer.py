@@ -367,13 +367,20 @@ class Dreamer:
         metrics = self.strategy.run(self._train, args=(data,))
         return {k: self.strategy.reduce("mean", v, axis=None) for k, v in metrics.items()}
 
-    def distribute(self, dataset: tf.data.Dataset):
-        """Splits each batch of the dataset across the replicas. Every worker
-        of a multi-worker run samples its own replay, so nothing is sharded."""
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF)
-        return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
+    def distribute(self, batch: dict):
+        """One batch of numpy arrays as the train step takes it: split across
+        the replicas when there are several. Every worker of a multi-worker
+        run samples its own replay and feeds its own replicas from it."""
+        if self.strategy.num_replicas_in_sync == 1:
+            return {k: tf.convert_to_tensor(v) for k, v in batch.items()}
+        size = self.config.batch_size // self.strategy.num_replicas_in_sync
+        local = len(self.strategy.extended.worker_devices)
+
+        def split(context):
+            start = size * (context.replica_id_in_sync_group % local)
+            return {k: tf.convert_to_tensor(v[start:start + size]) for k, v in batch.items()}
+
+        return self.strategy.experimental_distribute_values_from_function(split)
 
     def _train(self, data: dict) -> dict:
         c = self.config
@@ -857,8 +864,7 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list,
     checkpoints.mkdir(exist_ok=True)
     spec = {**obs_space, "action": (act_space["shape"], np.float32),
             "discount": ((), np.float32)}
-    dataset = iter(agent.distribute(
-        tools.make_dataset(replay, spec, config.batch_size, config.batch_length)))
+    batches = tools.sample_batches(replay, spec, config.batch_size, config.batch_length)
 
     nonfinite = 0
 
@@ -866,7 +872,7 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list,
         nonlocal nonfinite
         progress.phase("train")
         for _ in range(steps):
-            metrics = {k: float(v) for k, v in agent.train(next(dataset)).items()}
+            metrics = {k: float(v) for k, v in agent.train(agent.distribute(next(batches))).items()}
             for name, value in metrics.items():
                 logger.scalar(f"train/{name}", value)
             skipped = any(v for k, v in metrics.items() if k.endswith("_nonfinite"))
@@ -913,7 +919,7 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list,
             logger.scalar("env_restarts", train_driver.restarts + test_driver.restarts)
             logger.scalar("wall_time", wall_time())
             if config.log_videos and config.obs == "image":
-                batch = agent.strategy.experimental_local_results(next(dataset))[0]
+                batch = {k: tf.convert_to_tensor(v) for k, v in next(batches).items()}
                 video = agent.open_loop(batch).numpy()
                 logger.video(step, "agent/openl", "openl", video)
             last_time, last_step = now, step

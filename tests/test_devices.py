@@ -71,7 +71,7 @@ def compare(tmp: pathlib.Path) -> dict:
 
     data = batch(batch_size=4, length=10)
     one = single.train(data)
-    split = next(iter(mirrored.distribute(tf.data.Dataset.from_tensors(data))))
+    split = mirrored.distribute({k: v.numpy() for k, v in data.items()})
     two = mirrored.train(split)
     keys = ("model_loss", "div", "actor_loss", "value_loss", "image_loss", "reward_loss",
             "model_grad_norm", "actor_grad_norm", "value_grad_norm")

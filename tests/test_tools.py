@@ -96,17 +96,24 @@ def test_replay_skips_corrupt_files(tmp_path, capsys):
     assert replay.episodes == 1 and bad.exists()  # Reported, never deleted.
 
 
-def test_dataset_batches(tmp_path):
+def test_sample_batches(tmp_path):
     tools.save_episode(tmp_path, make_episode(15, 1))
     replay = tools.Replay(tmp_path, cache=10)
     spec = {"image": ((64, 64, 3), np.uint8), "reward": ((), np.float32),
             "action": ((2,), np.float32), "discount": ((), np.float32)}
-    batch = next(iter(tools.make_dataset(replay, spec, 3, 6)))
-    assert batch["image"].shape == (3, 6, 64, 64, 3) and batch["image"].dtype == tf.uint8
-    assert batch["action"].shape == (3, 6, 2)
+    batch = next(tools.sample_batches(replay, spec, 3, 6))
+    assert batch["image"].shape == (3, 6, 64, 64, 3) and batch["image"].dtype == np.uint8
+    assert batch["action"].shape == (3, 6, 2) and batch["action"].dtype == np.float32
     # Each row is one contiguous chunk of the episode (rewards count its steps).
-    reward = batch["reward"].numpy() - 1000
+    reward = batch["reward"] - 1000
     assert np.all(np.diff(reward, axis=1) == 1) and reward.min() >= 0 and reward.max() <= 15
+
+
+def test_sample_batches_raises_sampling_errors(tmp_path):
+    tools.save_episode(tmp_path, make_episode(5, 1))
+    replay = tools.Replay(tmp_path, cache=10)
+    with pytest.raises(RuntimeError, match="No episode of at least 20 steps"):
+        next(tools.sample_batches(replay, {"reward": ((), np.float32)}, 2, 20))
 
 
 def test_schedule_and_every():
