@@ -87,7 +87,7 @@ class Replay:
     Training chunks are drawn uniformly over stored episodes (then uniformly
     over start offsets); episodes not in the cache are read from disk, so
     memory stays bounded however long the run. Files that fail to load are
-    reported once and skipped. The trainer adds episodes while the tf.data
+    reported once and skipped. The trainer adds episodes while the batch
     thread samples, so both go through one lock.
     """
 
