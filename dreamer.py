@@ -132,10 +132,10 @@ PRESETS = dict(
     # A few CPU cores: a third of the batch and half the dense units (from
     # state, a gradient step costs a sixth of the default size here).
     cpu=dict(batch_size=16, num_units=200),
-    # From state on a few CPU cores: also a 100-unit GRU. On cartpole from
-    # state it learned at least as fast as `cpu` (RESULTS.md) at 0.35-0.45 of
-    # the time per gradient step, whose cost is mostly the imagination's GRU
-    # and dense layers.
+    # From small state vectors on a few CPU cores: also a 100-unit GRU. On
+    # cartpole from state it learned at least as fast as `cpu` (RESULTS.md) at
+    # 0.35-0.45 of the time per gradient step, whose cost is mostly the
+    # imagination's GRU and dense layers; on walker (24 dims) it fell behind.
     cpu_state=dict(batch_size=16, num_units=100, deter_size=100),
     # Pixels on a few CPU cores: also half the conv channels and a smaller
     # batch, a gradient step at half the `cpu` preset's cost.
