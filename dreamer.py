@@ -372,13 +372,13 @@ class Dreamer:
         the replicas when there are several. Every worker of a multi-worker
         run samples its own replay and feeds its own replicas from it."""
         if self.strategy.num_replicas_in_sync == 1:
-            return {k: tf.convert_to_tensor(v) for k, v in batch.items()}
+            return to_tensors(batch)
         size = self.config.batch_size // self.strategy.num_replicas_in_sync
         local = len(self.strategy.extended.worker_devices)
 
         def split(context):
             start = size * (context.replica_id_in_sync_group % local)
-            return {k: tf.convert_to_tensor(v[start:start + size]) for k, v in batch.items()}
+            return to_tensors({k: v[start:start + size] for k, v in batch.items()})
 
         return self.strategy.experimental_distribute_values_from_function(split)
 
@@ -534,6 +534,10 @@ class Dreamer:
             return random_actions(tf.shape(action)[0], action.shape[-1],
                                   self._act_space["discrete"])
         return action
+
+
+def to_tensors(batch: dict) -> dict:
+    return {k: tf.convert_to_tensor(v) for k, v in batch.items()}
 
 
 @contextlib.contextmanager
@@ -919,8 +923,7 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list,
             logger.scalar("env_restarts", train_driver.restarts + test_driver.restarts)
             logger.scalar("wall_time", wall_time())
             if config.log_videos and config.obs == "image":
-                batch = {k: tf.convert_to_tensor(v) for k, v in next(batches).items()}
-                video = agent.open_loop(batch).numpy()
+                video = agent.open_loop(to_tensors(next(batches))).numpy()
                 logger.video(step, "agent/openl", "openl", video)
             last_time, last_step = now, step
             logger.write(step)
