@@ -110,6 +110,7 @@ DEFAULTS = dict(
     discount=0.99,
     disclam=0.95,
     horizon=15,
+    imag_stride=1,
     action_dist="tanh_normal",
     action_init_std=5.0,
     action_mean_scale=5.0,
@@ -220,7 +221,7 @@ def check_values(config: argparse.Namespace) -> None:
     if config.devices < 0:
         raise ValueError(f"--devices must be 0 (all visible) or positive, got {config.devices}")
     positive = ("steps", "envs", "action_repeat", "time_limit", "batch_size",
-                "batch_length", "horizon", "deter_size", "stoch_size", "num_units",
+                "batch_length", "horizon", "imag_stride", "deter_size", "stoch_size", "num_units",
                 "cnn_depth", "train_every", "eval_every", "eval_episodes", "log_every",
                 "decoder_std")
     for key in positive:
@@ -427,11 +428,12 @@ class Dreamer:
         return data[self._key]
 
     def imagine_ahead(self, post: dict):
-        """H prior steps from every posterior state, actions from the actor;
-        returns imagined features, time-major (H, B*T, feat), and the log-
-        probability of each action under the actor (H, B*T)."""
-        if self.pcont:  # The last step could be terminal.
-            post = {k: v[:, :-1] for k, v in post.items()}
+        """H prior steps from every imag_stride-th posterior state (every
+        one in the paper), actions from the actor; returns imagined features,
+        time-major (H, N, feat), and the log-probability of each action under
+        the actor (H, N), N = B * T / imag_stride."""
+        stop = -1 if self.pcont else None  # The last step could be terminal.
+        post = {k: v[:, :stop:self.config.imag_stride] for k, v in post.items()}
         start = {k: tf.stop_gradient(tf.reshape(v, [-1, v.shape[-1]]))
                  for k, v in post.items()}
 

@@ -127,6 +127,20 @@ def test_each_optimizer_updates_only_its_own_variables():
     assert not all(np.allclose(a, b.numpy()) for a, b in zip(actor, agent.actor.trainable_variables))
 
 
+@pytest.mark.parametrize("pcont, times", [(False, [0, 3, 6, 9]), (True, [0, 3, 6])])
+def test_imagination_starts_from_every_kth_posterior_state(pcont, times):
+    agent = tiny_agent("--imag_stride", "3", "--pcont", str(pcont))
+    data = batch(batch_size=4, length=10)
+    post, _ = agent.rssm.observe(agent.encoder(data["image"]), data["action"])
+    starts = []
+    img_step = agent.rssm.img_step
+    agent.rssm.img_step = lambda prev, action: starts.append(prev["deter"]) or img_step(prev, action)
+    feat, logp = agent.imagine_ahead(post)
+    assert feat.shape[:2] == logp.shape == (agent.config.horizon, 4 * len(times))
+    expected = tf.reshape(tf.gather(post["deter"], times, axis=1), [4 * len(times), -1])
+    np.testing.assert_array_equal(starts[0].numpy(), expected.numpy())
+
+
 def test_actor_entropy_bonus_undoes_saturation():
     """With the bonus dominating the loss, the actor moves away from
     saturated actions, where the returns' gradient through tanh vanishes."""
