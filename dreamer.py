@@ -431,7 +431,7 @@ class Dreamer:
         """H prior steps from every imag_stride-th posterior state (every
         one in the paper), actions from the actor; returns imagined features,
         time-major (H, N, feat), and the log-probability of each action under
-        the actor (H, N), N = B * T / imag_stride."""
+        the actor (H, N), N = B * ceil(T / imag_stride)."""
         stop = -1 if self.pcont else None  # The last step could be terminal.
         post = {k: v[:, :stop:self.config.imag_stride] for k, v in post.items()}
         start = {k: tf.stop_gradient(tf.reshape(v, [-1, v.shape[-1]]))
