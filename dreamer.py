@@ -69,6 +69,7 @@ DEFAULTS = dict(
     log_videos=True,
     envs=1,
     obs="image",
+    state_symlog=False,
     # Environment.
     action_repeat=2,
     time_limit=1000,
@@ -227,6 +228,8 @@ def check_values(config: argparse.Namespace) -> None:
     for key in positive:
         if getattr(config, key) <= 0:
             raise ValueError(f"--{key} must be positive, got {getattr(config, key)}")
+    if config.state_symlog and config.obs != "state":
+        raise ValueError("--state_symlog applies to state vectors; add --obs state or drop it")
     if config.batch_length < 2:
         raise ValueError("--batch_length must be at least 2")
     if not 0 <= config.disclam <= 1 or not 0 < config.discount <= 1:
@@ -322,7 +325,7 @@ class Dreamer:
             self.encoder = models.ConvEncoder(c.cnn_depth, c.cnn_act)
             self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act, shape, c.decoder_std)
         else:
-            self.encoder = models.DenseEncoder(3, c.num_units, c.dense_act)
+            self.encoder = models.DenseEncoder(3, c.num_units, c.dense_act, c.state_symlog)
             self.decoder = models.DenseHead(shape, 3, c.num_units, c.dense_act,
                                             std=c.decoder_std)
         self.reward = models.DenseHead((), c.reward_layers, c.num_units, c.dense_act)
@@ -422,10 +425,12 @@ class Dreamer:
         return metrics
 
     def _target(self, data: dict):
-        """What the decoder reconstructs: pixels scaled as the encoder sees them."""
+        """What the decoder reconstructs: the observation as the encoder sees it."""
         if self._key == "image":
             return models.preprocess(data["image"])
-        return data[self._key]
+        if self.config.state_symlog:
+            return models.symlog(tf.cast(data["state"], tf.float32))
+        return data["state"]
 
     def imagine_ahead(self, post: dict):
         """H prior steps from every imag_stride-th posterior state (every

@@ -121,14 +121,17 @@ class ConvEncoder(keras.layers.Layer):
 
 
 class DenseEncoder(keras.layers.Layer):
-    """A state vector -> features (--obs state)."""
+    """A state vector -> features (--obs state); with `symlog`, of the vector
+    as the decoder reconstructs it."""
 
-    def __init__(self, layers: int = 3, units: int = 400, act="elu"):
+    def __init__(self, layers: int = 3, units: int = 400, act="elu", symlog: bool = False):
         super().__init__()
         self.hidden = [dense(units, act) for _ in range(layers)]
+        self.symlog = symlog
 
     def call(self, state):
-        x = tf.cast(state, self.compute_dtype)
+        x = symlog(tf.cast(state, f32)) if self.symlog else state
+        x = tf.cast(x, self.compute_dtype)
         for layer in self.hidden:
             x = layer(x)
         return x
@@ -254,3 +257,10 @@ def trunc_normal(x, min_std: float) -> tfd.Distribution:
 def preprocess(image, dtype="float32"):
     """uint8 pixels -> [-0.5, 0.5]: the only place images are scaled."""
     return tf.cast(tf.cast(image, f32) / 255.0 - 0.5, dtype)
+
+
+def symlog(x):
+    """sign(x) log(1 + |x|): near the identity around 0, logarithmic beyond,
+    so that velocities of 1-10 do not outweigh the other state dims in a
+    unit-variance decoder's loss (--state_symlog)."""
+    return tf.sign(x) * tf.math.log1p(tf.abs(x))

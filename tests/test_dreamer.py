@@ -54,6 +54,7 @@ def test_presets_then_explicit_flags():
     (["--batch_length", "1"], "batch_length"),
     (["--devices", "-1"], "devices"),
     (["--devices", "3"], "only 1 CPU device"),
+    (["--state_symlog", "True"], "state_symlog"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
     logdir = tmp_path / "run"
@@ -356,6 +357,18 @@ def test_state_observations_train_step():
     assert np.isfinite(metrics["state_loss"].numpy()) and "image_loss" not in metrics
     action, _ = agent.policy({"state": np.zeros((1, 5), np.float32)}, None, np.ones(1), True, 0)
     assert action.shape == (1, 1)
+
+
+def test_state_symlog_squashes_what_the_encoder_sees_and_the_decoder_predicts():
+    config = parse("--configs", "debug", "--obs", "state", "--state_symlog", "True")
+    agent = dreamer.Dreamer(config, {"state": ((5,), np.float32)}, {"shape": (1,), "discrete": False})
+    state = tf.constant([[[-9.0, -0.5, 0.0, 0.5, np.e - 1]]])
+    want = np.array([[[-np.log(10), -np.log(1.5), 0.0, np.log(1.5), 1.0]]], np.float32)
+    np.testing.assert_allclose(agent._target({"state": state}).numpy(), want, rtol=1e-6)
+    embed = agent.encoder(state).numpy()
+    agent.encoder.symlog = False
+    np.testing.assert_allclose(embed, agent.encoder(tf.constant(want)).numpy(), rtol=1e-5)
+    assert not np.allclose(embed, agent.encoder(state).numpy())
 
 
 @pytest.mark.parametrize("obs", ["state", "image"])
