@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 import plotting
 
 # Variants: extra dreamer.py flags under a name that becomes the method folder.
+CPU_STATE = ["--obs", "state", "--configs", "cpu_state"]
 VARIANTS = {
     "paper": [],
     "state": ["--obs", "state", "--configs", "cpu"],
@@ -34,13 +35,12 @@ VARIANTS = {
     # (RESULTS.md, 2026-11-26: 927, 895, 958 and 741 at 50k in four runs, the
     # last two in 25 and 23.5 min, each alone). Pretraining for 1,000 steps
     # instead of 100 started faster but did no better at 50k over 3 seeds.
-    "state_sharp": ["--obs", "state", "--configs", "cpu_state", "--decoder_std", "0.03",
-                    "--free_nats", "1", "--action_dist", "trunc_normal",
-                    "--action_min_std", "0.1"],
+    "state_sharp": [*CPU_STATE, "--decoder_std", "0.03", "--free_nats", "1",
+                    "--action_dist", "trunc_normal", "--action_min_std", "0.1"],
     # Walker's 24 state dims include velocities of std 1-10; squashing them
     # lifted `cpu_state` on walker stand from state at 100k
     # (RESULTS.md, "Walker stand from state with --state_symlog").
-    "state_symlog": ["--obs", "state", "--configs", "cpu_state", "--state_symlog", "True"],
+    "state_symlog": [*CPU_STATE, "--state_symlog", "True"],
     "cpu_image": ["--configs", "cpu_image"],
 }
 
