@@ -98,3 +98,13 @@ def test_parallel_below_one_is_a_clear_error(capsys: pytest.CaptureFixture) -> N
     with pytest.raises(SystemExit):
         learning.main(["--suite", "cpu", "--parallel", "0"])
     assert "--parallel must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant", sorted(learning.VARIANTS))
+def test_each_variant_is_a_valid_dreamer_config(variant: str) -> None:
+    import dreamer  # Imports TensorFlow, which the other tests here do not need.
+
+    config = dreamer.parse_config(["--logdir", "unused", *learning.VARIANTS[variant]])
+    if variant == "state_symlog":
+        assert (config.obs, config.state_symlog, config.value_lr) == ("state", True, 3e-4)
+        assert (config.actor_lr, config.num_units, config.deter_size) == (8e-5, 100, 100)
