@@ -108,3 +108,5 @@ def test_each_variant_is_a_valid_dreamer_config(variant: str) -> None:
     if variant == "state_symlog":
         assert (config.obs, config.state_symlog, config.value_lr) == ("state", True, 3e-4)
         assert (config.actor_lr, config.num_units, config.deter_size) == (8e-5, 100, 100)
+    if variant == "cpu_image":
+        assert (config.obs, config.value_lr, config.cnn_depth) == ("image", 3e-4, 16)
