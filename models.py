@@ -25,6 +25,17 @@ def dense(units: int, act: str | None = None, name: str | None = None):
     return keras.layers.Dense(units, activation=act, name=name)
 
 
+def mlp(layers: list, x):
+    """Dense layers on the last axis, the leading axes flattened: on a 2D
+    input TensorFlow's CPU kernels fuse matmul, bias and activation into one
+    op; a 3D input goes through tensordot and runs them as three."""
+    lead = tf.shape(x)[:-1]
+    x = tf.reshape(x, [-1, x.shape[-1]])
+    for layer in layers:
+        x = layer(x)
+    return tf.reshape(x, tf.concat([lead, [x.shape[-1]]], 0))
+
+
 class RSSM(keras.layers.Layer):
     """Recurrent state-space model: state = (deter h_t, stoch z_t)."""
 
@@ -131,10 +142,7 @@ class DenseEncoder(keras.layers.Layer):
 
     def call(self, state):
         x = symlog(tf.cast(state, f32)) if self.symlog else state
-        x = tf.cast(x, self.compute_dtype)
-        for layer in self.hidden:
-            x = layer(x)
-        return x
+        return mlp(self.hidden, tf.cast(x, self.compute_dtype))
 
 
 class ConvDecoder(keras.layers.Layer):
@@ -153,7 +161,7 @@ class ConvDecoder(keras.layers.Layer):
 
     def call(self, feat) -> tfd.Distribution:
         batch = tf.shape(feat)[:-1]
-        x = tf.reshape(self.linear(feat), [-1, self.linear.units])
+        x = self.linear(tf.reshape(feat, [-1, feat.shape[-1]]))
         for deconv in self.deconvs:
             x = deconv(x)
         mean = tf.reshape(tf.cast(x, f32), tf.concat([batch, self._shape], 0))
@@ -191,10 +199,7 @@ class DenseHead(keras.layers.Layer):
         self.out = dense(int(np.prod(self._shape)))
 
     def call(self, feat) -> tfd.Distribution:
-        x = feat
-        for layer in self.hidden:
-            x = layer(x)
-        x = tf.cast(self.out(x), f32)
+        x = tf.cast(mlp([*self.hidden, self.out], feat), f32)
         x = tf.reshape(x, tf.concat([tf.shape(feat)[:-1], self._shape], 0))
         if self._dist == "normal":
             return tfd.Independent(tfd.Normal(x, self._std), len(self._shape))
@@ -218,10 +223,7 @@ class Actor(keras.layers.Layer):
         self.out = dense(out)
 
     def call(self, feat):
-        x = feat
-        for layer in self.hidden:
-            x = layer(x)
-        x = tf.cast(self.out(x), f32)
+        x = tf.cast(mlp([*self.hidden, self.out], feat), f32)
         if self._dist == "tanh_normal":
             return tanh_normal(x, self._init_std, self._min_std, self._mean_scale)
         if self._dist == "trunc_normal":

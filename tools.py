@@ -208,10 +208,13 @@ def sample_batches(
 def static_scan(fn: Callable, inputs, start):
     """Scans `fn(state, input)` over the leading (time) axis of a nest of
     inputs, unrolled in the graph. Returns the stacked states, time-major."""
+    # Unstacked rather than indexed: the gradient of T slices x[t] is T
+    # full-size zero tensors summed (quadratic in T), that of unstack one stack.
+    flat = [tf.unstack(x, axis=0) for x in tf.nest.flatten(inputs)]
     last = start
     outputs = []
-    for index in range(tf.nest.flatten(inputs)[0].shape[0]):
-        last = fn(last, tf.nest.map_structure(lambda x, i=index: x[i], inputs))
+    for step in zip(*flat):
+        last = fn(last, tf.nest.pack_sequence_as(inputs, list(step)))
         outputs.append(last)
     return tf.nest.map_structure(lambda *xs: tf.stack(xs, 0), *outputs)
 
@@ -223,10 +226,11 @@ def lambda_return(reward, value, pcont, bootstrap, lambda_: float):
     tensor of per-step discounts or a scalar."""
     pcont = pcont * tf.ones_like(reward)
     next_values = tf.concat([value[1:], bootstrap[None]], 0)
-    inputs = reward + pcont * next_values * (1 - lambda_)
+    inputs = tf.unstack(reward + pcont * next_values * (1 - lambda_))
+    pcont = tf.unstack(pcont)  # As in static_scan, unstack for a linear gradient.
     returns = []
     last = bootstrap
-    for t in reversed(range(reward.shape[0])):
+    for t in reversed(range(len(inputs))):
         last = inputs[t] + pcont[t] * lambda_ * last
         returns.append(last)
     return tf.stack(returns[::-1], 0)

@@ -44,6 +44,26 @@ def test_lambda_return_special_cases():
     np.testing.assert_allclose(mc[0], 1 + 0.5 * 2 + 0.25 * 3 + 0.125 * 40)
 
 
+def test_static_scan_values_and_gradient():
+    """h_t = h_{t-1} * a_t + b_t over a nest of inputs; d sum_t h_t / d b_t is
+    1 + a_{t+1} + a_{t+1} a_{t+2} + ..., by hand."""
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0.5, 1.5, (4, 2)), rng.normal(size=(4, 2))
+    a_t, b_t = tf.constant(a), tf.constant(b)
+    with tf.GradientTape() as tape:
+        tape.watch(b_t)
+        states = tools.static_scan(lambda h, x: h * x["a"] + x["b"],
+                                   {"a": a_t, "b": b_t}, tf.ones(2, tf.float64))
+        total = tf.reduce_sum(states)
+    h, want = np.ones(2), []
+    for t in range(4):
+        h = h * a[t] + b[t]
+        want.append(h)
+    np.testing.assert_allclose(states.numpy(), want)
+    grad = [sum(np.prod(a[t + 1:k + 1], 0) for k in range(t, 4)) for t in range(4)]
+    np.testing.assert_allclose(tape.gradient(total, b_t).numpy(), grad)
+
+
 def make_episode(length, tag):
     """length transitions plus the reset step; every field tagged."""
     steps = length + 1
