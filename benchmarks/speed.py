@@ -7,7 +7,8 @@ Measures seconds per gradient step (batch 50x50 and 16x50, and the state
 step of the learning benchmark: cartpole, `--obs state --configs cpu_state`), policy
 latency (batch 1), the environment step with and without fast rendering, collection
 frames/s with one and two env workers, and this machine's matmul GFLOP/s, of
-which the gradient step's achieved FLOP rate is given as a fraction. Prints a
+which the gradient step's achieved FLOP rate is given as a fraction, and
+profiles one image gradient step: the share of op time by op type. Prints a
 table and writes every number to a JSON file. Timings on a shared machine are
 noisy: compare ratios taken within one run rather than numbers across runs.
 """
@@ -21,6 +22,7 @@ import pathlib
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -197,7 +199,8 @@ def step_flops(agent: dreamer.Dreamer, batch: dict) -> dict:
 
 
 def grad_step(extra: list[str], precision: int, batch: int, length: int,
-              settings: dict, model: str = "image") -> tuple[dict, dreamer.Dreamer]:
+              settings: dict, model: str = "image",
+              profile: bool = False) -> tuple[dict, dreamer.Dreamer]:
     agent = build_agent(extra, precision, batch, length, model)
     data = synthetic_batch(batch, length, model)
     result = dict(batch=[batch, length], precision=precision, model=model,
@@ -210,7 +213,54 @@ def grad_step(extra: list[str], precision: int, batch: int, length: int,
                   settings["warmup"] - 1)
     result.update(seconds=summary(times), times_s=times)
     result["achieved_gflops"] = result["flops"] / result["seconds"]["median"] / 1e9
+    if profile:
+        result["profile"] = op_profile(lambda: agent.train(data)["model_loss"].numpy())
     return result, agent
+
+
+# Op kinds of the profile, by TensorFlow op type (oneDNN's _Mkl* names included).
+OP_KINDS = (("matmul", ("MatMul",)), ("conv", ("Conv2D",)),
+            ("activation", ("Elu", "Relu", "Sigmoid", "Tanh", "Softplus")),
+            ("bias", ("BiasAdd",)), ("cast", ("Cast",)))
+
+
+def op_kind(op_type: str) -> str:
+    return next((kind for kind, parts in OP_KINDS
+                 if any(part in op_type for part in parts)), "other")
+
+
+def op_profile(fn: Callable[[], object], top: int = 12) -> dict | None:
+    """Where one call of `fn` spends its time: TensorFlow's profiler traces
+    every op it runs, and their durations are summed by op type and kind
+    (summed over threads, so shares, not seconds, are what compare)."""
+    try:  # The XSpace proto ships with TensorFlow but is not public API.
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        fn()
+        tf.profiler.experimental.stop()
+        [path] = pathlib.Path(logdir).rglob("*.xplane.pb")
+        space = xplane_pb2.XSpace.FromString(path.read_bytes())
+    by_type = {}
+    for plane in space.planes:
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                # Op events are named "op_name:OpType"; the runtime's own
+                # ("ExecutorState::Process", "EagerLocalExecute: ...") are not.
+                name = names.get(event.metadata_id, "")
+                if ":" in name and "::" not in name and " " not in name:
+                    op_type = name.rpartition(":")[2]
+                    by_type[op_type] = by_type.get(op_type, 0.0) + event.duration_ps * 1e-12
+    total = sum(by_type.values()) or 1.0
+    kinds = {}
+    for op_type, seconds in by_type.items():
+        kinds[op_kind(op_type)] = kinds.get(op_kind(op_type), 0.0) + seconds / total
+    ranked = sorted(by_type.items(), key=lambda item: -item[1])
+    return dict(op_seconds=total, kind_share=dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+                top_types=[dict(type=t, share=v / total) for t, v in ranked[:top]])
 
 
 def policy_latency(agent: dreamer.Dreamer, calls: int) -> dict:
@@ -338,6 +388,17 @@ def print_table(rows: list[tuple[str, str, str, str]]) -> None:
         print(f"{what:<{width}}  {value:>18}  {target:<10}  {met}")
 
 
+def print_profiles(grad_steps: list[dict]) -> None:
+    for g in grad_steps:
+        if g.get("profile"):
+            p = g["profile"]
+            print(f"\nop time of one {'x'.join(map(str, g['batch']))} p{g['precision']} "
+                  f"step, {p['op_seconds']:.2f} s over all threads, by kind: " + ", ".join(
+                      f"{kind} {share:.0%}" for kind, share in p["kind_share"].items()))
+            print("  top op types: " + ", ".join(
+                f"{t['type']} {t['share']:.0%}" for t in p["top_types"]))
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> dict:
     settings = QUICK if args.quick else FULL
     config = dreamer.parse_config(["--logdir", "/tmp/unused", *extra])
@@ -358,7 +419,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
     results["grad_step"] = []
     for batch, length, precision, model in rows:
         print(f"Gradient step {batch}x{length} {model} precision {precision}.", flush=True)
-        result, agent = grad_step(extra, precision, batch, length, settings, model)
+        # The first image row, the one the targets are about, is profiled.
+        profile = model == "image" and not any(
+            g["model"] == "image" for g in results["grad_step"])
+        result, agent = grad_step(extra, precision, batch, length, settings, model, profile)
         # Mixed float16 (GPUs) is compared with the bfloat16 rate, of the same width.
         result["peak_dtype"] = "float32" if result["dtype_policy"] == "float32" else "bfloat16"
         peak = results["matmul"][result["peak_dtype"]]["gflops_median"]
@@ -391,6 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     tf.get_logger().setLevel("ERROR")  # The profiler's v1 deprecation notices.
     results = run(args, extra)
     print_table(results["table"])
+    print_profiles(results["grad_step"])
     start, end = results["loadavg_start"][0], results["loadavg_end"][0]
     print(f"load average (1 min) at start, end: {start:.1f}, {end:.1f} "
           f"on {os.cpu_count()} cores")
