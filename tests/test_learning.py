@@ -102,8 +102,11 @@ def test_parallel_below_one_is_a_clear_error(capsys: pytest.CaptureFixture) -> N
 
 # What the measured variants resolve to (RESULTS.md gives their runs).
 RESOLVED = {
+    "state_sharp": dict(obs="state", precision=32, decoder_std=0.03, free_nats=1.0,
+                        value_lr=3e-4),
     "state_symlog": dict(obs="state", state_symlog=True, value_lr=3e-4, actor_lr=8e-5,
-                         num_units=100, deter_size=100),
+                         num_units=100, deter_size=100, precision=32,
+                         train_steps=200),
     "cpu_image": dict(obs="image", value_lr=3e-4, cnn_depth=16),
 }
 
