@@ -257,7 +257,8 @@ def op_profile(fn: Callable[[], object], top: int = 12) -> dict | None:
     total = sum(by_type.values()) or 1.0
     kinds = {}
     for op_type, seconds in by_type.items():
-        kinds[op_kind(op_type)] = kinds.get(op_kind(op_type), 0.0) + seconds / total
+        kind = op_kind(op_type)
+        kinds[kind] = kinds.get(kind, 0.0) + seconds / total
     ranked = sorted(by_type.items(), key=lambda item: -item[1])
     return dict(op_seconds=total, kind_share=dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
                 top_types=[dict(type=t, share=v / total) for t, v in ranked[:top]])
