@@ -23,10 +23,11 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import dreamer  # noqa: I001 (first: it sets up TensorFlow's environment before it loads)
+
 import numpy as np
 import tensorflow as tf
 
-import dreamer
 import tools
 import wrappers
 

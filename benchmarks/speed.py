@@ -28,13 +28,12 @@ from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads.
+import dreamer  # noqa: I001 (first: it sets up TensorFlow's environment before it loads)
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-import dreamer
 import wrappers
 
 # (comparison, bound, unit); each is checked against a median.
