@@ -407,13 +407,17 @@ class Dreamer:
             model_loss = c.kl_scale * div_loss - sum(likes.values())
         with tf.GradientTape() as actor_tape:
             imag_feat, logp = self.imagine_ahead(post)
-            returns, weights = self.imagined_returns(imag_feat)
-            entropy = -logp[:-1]  # Of the actions taken in the states that returns start from.
-            actor_loss = -tf.reduce_mean(weights * (returns + c.actor_ent * entropy))
-        with tf.GradientTape() as value_tape:
-            value_pred = self.value(tf.stop_gradient(imag_feat)[:-1])
-            target = tf.stop_gradient(returns)
-            value_loss = -tf.reduce_mean(weights * value_pred.log_prob(target))
+            # One pass of the value model serves both losses: the actor's
+            # gradient flows through it into imag_feat, the value loss's into
+            # the value model's weights (its tape starts at imag_feat).
+            with tf.GradientTape() as value_tape:
+                value_pred = self.value(imag_feat)
+                returns, weights = self.imagined_returns(imag_feat, value_pred.mode())
+                entropy = -logp[:-1]  # Of the actions in the states that returns start from.
+                actor_loss = -tf.reduce_mean(weights * (returns + c.actor_ent * entropy))
+                value_pred = value_pred[:-1]  # The states that returns start from.
+                target = tf.stop_gradient(returns)
+                value_loss = -tf.reduce_mean(weights * value_pred.log_prob(target))
         metrics = dict(model_loss=model_loss, div=div, actor_loss=actor_loss,
                        value_loss=value_loss,
                        prior_ent=tf.reduce_mean(self.rssm.get_dist(prior).entropy()),
@@ -455,12 +459,12 @@ class Dreamer:
         states, logp = tools.static_scan(step, tf.range(self.config.horizon), (start, logp))
         return self.rssm.get_feat(states), logp
 
-    def imagined_returns(self, imag_feat):
-        """Lambda-returns of an imagined trajectory and the weights w_t: the
-        stop-gradient cumulative product of discounts (time-major, H - 1)."""
+    def imagined_returns(self, imag_feat, value):
+        """Lambda-returns of an imagined trajectory, given the value model's
+        predictions of its states, and the weights w_t: the stop-gradient
+        cumulative product of discounts (time-major, H - 1)."""
         c = self.config
         reward = self.reward(imag_feat).mode()
-        value = self.value(imag_feat).mode()
         if self.pcont:
             pcont = self.pcont(imag_feat).mean()
         else:

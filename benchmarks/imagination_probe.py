@@ -84,7 +84,8 @@ def cartpole_agreement(agent: dreamer.Dreamer, data: dict, start: dict, horizon:
         for _ in range(horizon - 1):
             latent = agent.rssm.img_step(latent, agent.actor(feats[-1]).mode())
             feats.append(agent.rssm.get_feat(latent))
-        returns, _ = agent.imagined_returns(tf.stack(feats, 0))
+        feat = tf.stack(feats, 0)
+        returns, _ = agent.imagined_returns(feat, agent.value(feat).mode())
         total = tf.reduce_sum(returns[0])
     grad = tape.gradient(total, first).numpy()[:, 0]
     agree = lambda x: float(np.mean(np.sign(x[upright]) == np.sign(control[upright])))

@@ -121,11 +121,28 @@ def test_each_optimizer_updates_only_its_own_variables():
     data = batch()
     with tf.GradientTape() as tape:
         post, _ = agent.rssm.observe(agent.encoder(data["image"]), data["action"])
-        returns, weights = agent.imagined_returns(agent.imagine_ahead(post)[0])
+        feat = agent.imagine_ahead(post)[0]
+        returns, weights = agent.imagined_returns(feat, agent.value(feat).mode())
         loss = -tf.reduce_mean(weights * returns)
     agent.actor_opt(tape, loss)
     assert all(np.allclose(a, b.numpy()) for a, b in zip(decoder, agent.decoder.trainable_variables))
     assert not all(np.allclose(a, b.numpy()) for a, b in zip(actor, agent.actor.trainable_variables))
+
+
+def test_value_loss_of_the_shared_value_pass():
+    """The train step runs the value model once on the imagined states; its
+    value loss is that of a separate pass on the states returns start from."""
+    agent = tiny_agent("--model_lr", "0", "--actor_lr", "0", "--value_lr", "0")
+    data = batch()
+    tf.random.set_seed(3)  # The same draws, in the same order, in both.
+    metrics = agent._train(data)
+    tf.random.set_seed(3)
+    post, _ = agent.rssm.observe(agent.encoder(data["image"]), data["action"])
+    feat = agent.imagine_ahead(post)[0]
+    returns, weights = agent.imagined_returns(feat, agent.value(feat).mode())
+    expected = -tf.reduce_mean(weights * agent.value(feat[:-1]).log_prob(returns))
+    np.testing.assert_allclose(metrics["value_loss"].numpy(), expected.numpy(), rtol=1e-5)
+    assert metrics["value_grad_norm"] > 0
 
 
 @pytest.mark.parametrize("pcont, times", [(False, [0, 3, 6, 9]), (True, [0, 3, 6])])
@@ -175,9 +192,8 @@ def test_pcont_weights_against_hand_computed_example():
     value = tf.constant([[10.0], [20.0], [30.0], [40.0]])
     pcont = tf.constant([[0.9], [0.5], [0.8], [1.0]])
     agent.reward = lambda feat: type("D", (), {"mode": lambda self: reward})()
-    agent.value = lambda feat: type("D", (), {"mode": lambda self: value})()
     agent.pcont = lambda feat: type("D", (), {"mean": lambda self: pcont})()
-    returns, weights = agent.imagined_returns(tf.zeros((4, 1, 5)))
+    returns, weights = agent.imagined_returns(tf.zeros((4, 1, 5)), value)
     v2 = 3 + 0.8 * (0.5 * 40 + 0.5 * 40)
     v1 = 2 + 0.5 * (0.5 * 30 + 0.5 * v2)
     v0 = 1 + 0.9 * (0.5 * 20 + 0.5 * v1)
