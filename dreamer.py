@@ -356,6 +356,7 @@ class Dreamer:
         self.open_loop = tf.function(self._open_loop)
         self._policy = tf.function(self._policy_step, jit_compile=c.jit,
                                    reduce_retracing=True)
+        self._policy_fns = {}
 
     def _build(self, obs_space: dict, size: int) -> None:
         """Creates every variable up front, so optimizers and checkpoints see them."""
@@ -516,10 +517,19 @@ class Dreamer:
             latent = self.rssm.initial(len(reset))
             state = (latent, tf.zeros((len(reset),) + self._act_space["shape"]))
         amount = self.exploration(step) if training else 0.0
-        action, latent = self._policy(
-            tf.constant(obs[self._key]), state[0], state[1],
-            tf.constant(reset, tf.float32), training, tf.constant(amount, tf.float32))
+        args = (tf.constant(obs[self._key]), state[0], state[1],
+                tf.constant(reset, tf.float32), training, tf.constant(amount, tf.float32))
+        action, latent = self._policy_fn(args)(*args)
         return action.numpy(), (latent, action)
+
+    def _policy_fn(self, args: tuple):
+        """The traced policy step for inputs of these shapes, kept and called
+        directly: tf.function's dispatch on every call, which this skips, costs
+        about a third of a batch-1 step on a CPU (benchmarks/RESULTS.md)."""
+        key = (tuple(args[0].shape), args[4])  # Observations and `training`.
+        if key not in self._policy_fns:
+            self._policy_fns[key] = self._policy.get_concrete_function(*args)
+        return self._policy_fns[key]
 
     def _policy_step(self, obs, latent, action, reset, training, amount):
         # Acting at batch 1 is bound by per-op overhead, not arithmetic: in

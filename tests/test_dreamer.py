@@ -215,6 +215,25 @@ def test_policy_resets_state_and_explores():
     assert not np.allclose(deter[0], fresh_deter[0], atol=1e-3)
 
 
+def test_policy_keeps_one_traced_step_per_batch_size_and_mode():
+    agent = tiny_agent()
+    images = lambda n: {"image": np.full((n, 64, 64, 3), 128, np.uint8)}
+    state = None
+    for reset in (np.ones(2), np.zeros(2), np.zeros(2)):
+        _, state = agent.policy(images(2), state, reset, False, 0)
+    agent.policy(images(2), None, np.ones(2), True, 0)
+    agent.policy(images(1), None, np.ones(1), False, 0)
+    assert len(agent._policy_fns) == 3
+    assert {key[1] for key in agent._policy_fns} == {True, False}
+    # The kept step is the tf.function's own: from the same inputs, the same
+    # deterministic state and posterior mean (the posterior sample is random).
+    _, expected = agent._policy(tf.constant(images(2)["image"]), state[0], state[1],
+                                tf.zeros(2), False, tf.constant(0.0))
+    _, (latent, _) = agent.policy(images(2), state, np.zeros(2), False, 0)
+    for key in ("deter", "mean"):
+        np.testing.assert_allclose(latent[key].numpy(), expected[key].numpy(), rtol=1e-5)
+
+
 def test_policy_computes_in_float32_and_training_in_bfloat16(monkeypatch):
     monkeypatch.setattr(dreamer, "cpu_has_bf16", lambda: True)
     agent = tiny_agent("--precision", "16")
