@@ -69,6 +69,7 @@ DEFAULTS = dict(
     log_every=int(1e3),
     precision=16,
     jit=False,
+    jit_policy=True,  # XLA fuses the batch-1 policy step's small ops: faster on CPUs.
     devices=0,
     log_videos=True,
     envs=1,
@@ -354,7 +355,7 @@ class Dreamer:
             actor_opt=self.actor_opt.adam, step=self.step)
         self.train = tf.function(self._train_step, jit_compile=c.jit)
         self.open_loop = tf.function(self._open_loop)
-        self._policy = tf.function(self._policy_step, jit_compile=c.jit,
+        self._policy = tf.function(self._policy_step, jit_compile=c.jit_policy,
                                    reduce_retracing=True)
         self._policy_fns = {}
 
