@@ -525,8 +525,8 @@ class Dreamer:
 
     def _policy_fn(self, args: tuple):
         """The traced policy step for inputs of these shapes, kept and called
-        directly: tf.function's dispatch on every call, which this skips, costs
-        about a third of a batch-1 step on a CPU (benchmarks/RESULTS.md)."""
+        directly: tf.function's dispatch on every call, which this skips, cost
+        about a quarter of a batch-1 step on a CPU (benchmarks/RESULTS.md)."""
         key = (tuple(args[0].shape), args[4])  # Observations and `training`.
         if key not in self._policy_fns:
             self._policy_fns[key] = self._policy.get_concrete_function(*args)
