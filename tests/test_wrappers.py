@@ -171,12 +171,39 @@ def test_render_fast_turns_off_shadows_and_reflections():
                                   fast.physics.data.qpos)
     # Same state, different lighting: shadows/floor reflection are gone.
     assert np.abs(image_slow.astype(int) - image_fast).mean() > 1
-    # The flags reach MuJoCo's renderer as overrides of the scene flags.
-    calls = []
-    original = fast.physics.render
-    fast.physics.render = lambda *a, **k: calls.append(k) or original(*a, **k)
-    fast.step(np.zeros(6))
-    assert calls[-1]['render_flag_overrides'] == fast.render_flags
+    # The kept camera renders what physics.render does with the same flags.
+    for env in (slow, fast):
+        image = env.step(np.full(6, 0.5))[0]['image']
+        np.testing.assert_array_equal(image, env.physics.render(
+            64, 64, camera_id=0, render_flag_overrides=env.render_flags))
+
+
+@without_tensorflow
+def test_render_fast_renders_in_the_calling_thread():
+    saved = os.environ.pop('LP_NUM_THREADS', None)
+    try:
+        wrappers.DeepMindControl('walker_walk')
+        assert 'LP_NUM_THREADS' not in os.environ
+        wrappers.DeepMindControl('walker_walk', render_fast=True)
+        assert os.environ['LP_NUM_THREADS'] == '0'
+        os.environ['LP_NUM_THREADS'] = '2'  # A user's setting is kept.
+        wrappers.DeepMindControl('walker_walk', render_fast=True)
+        assert os.environ['LP_NUM_THREADS'] == '2'
+    finally:
+        os.environ.pop('LP_NUM_THREADS', None)
+        if saved is not None:
+            os.environ['LP_NUM_THREADS'] = saved
+
+
+@without_tensorflow
+def test_dmc_frames_are_not_overwritten_by_later_renders():
+    env = wrappers.DeepMindControl('walker_walk', seed=0)
+    first = env.reset()['image']
+    kept = first.copy()
+    for _ in range(5):
+        later = env.step(np.ones(6))[0]['image']
+    assert np.abs(later.astype(int) - kept).max() > 0  # The walker moved.
+    np.testing.assert_array_equal(first, kept)
 
 
 @without_tensorflow
