@@ -332,11 +332,13 @@ class Dreamer:
         else:
             self.encoder = models.DenseEncoder(3, c.num_units, c.dense_act, c.state_symlog)
             self.decoder = models.DenseHead(shape, 3, c.num_units, c.dense_act,
-                                            std=c.decoder_std)
-        self.reward = models.DenseHead((), c.reward_layers, c.num_units, c.dense_act)
-        self.pcont = models.DenseHead(
-            (), 3, c.num_units, c.dense_act, dist="binary") if c.pcont else None
-        self.value = models.DenseHead((), c.value_layers, c.num_units, c.dense_act)
+                                            std=c.decoder_std, name="decoder")
+        self.reward = models.DenseHead((), c.reward_layers, c.num_units, c.dense_act,
+                                       name="reward")
+        self.pcont = models.DenseHead((), 3, c.num_units, c.dense_act, dist="binary",
+                                      name="pcont") if c.pcont else None
+        self.value = models.DenseHead((), c.value_layers, c.num_units, c.dense_act,
+                                      name="value")
         self.actor = models.Actor(size, c.actor_layers, c.num_units, c.dense_act, c.action_dist,
                                   c.action_init_std, c.action_min_std, c.action_mean_scale)
         self._build(obs_space, size)

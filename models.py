@@ -189,11 +189,12 @@ class VectorDeconv(keras.layers.Layer):
 
 
 class DenseHead(keras.layers.Layer):
-    """MLP on the feature: Normal(mean, std) or Bernoulli."""
+    """MLP on the feature: Normal(mean, std) or Bernoulli. The name (reward,
+    value, ...) scopes its ops, so that profiles tell the heads apart."""
 
     def __init__(self, shape=(), layers: int = 2, units: int = 400, act="elu",
-                 dist: str = "normal", std: float = 1.0):
-        super().__init__()
+                 dist: str = "normal", std: float = 1.0, name: str | None = None):
+        super().__init__(name=name)
         self._shape, self._dist, self._std = tuple(shape), dist, std
         self.hidden = [dense(units, act) for _ in range(layers)]
         self.out = dense(int(np.prod(self._shape)))

@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -228,6 +229,26 @@ def op_kind(op_type: str) -> str:
                  if any(part in op_type for part in parts)), "other")
 
 
+# Model parts of the profile, by the first scope of an op's name: the layer
+# that ran it, as Keras names it, less its numeric suffixes (actor_11 ->
+# actor); a distribution's ops belong to the layer that built it.
+OP_PARTS = dict(encoder=("conv_encoder", "dense_encoder"), decoder=("conv_decoder", "decoder"),
+                rssm=("gru", "img_in", "img_out", "img_dist", "obs_out", "obs_dist"),
+                reward=("reward",), pcont=("pcont",), value=("value",), actor=("actor",),
+                optimizer=("cond", "clip_by_global_norm"))
+
+
+def op_part(op_name: str) -> tuple[str, bool]:
+    """The model part of an op of the train step, and whether it is in the
+    backward pass (the gradient tapes' ops)."""
+    backward = op_name.startswith("gradient_tape/")
+    scope = op_name.removeprefix("gradient_tape/").split("/")[0]
+    scope = scope.rpartition("_CONSTRUCTED_AT_")[2]
+    scope = re.sub(r"(_\d+)+$", "", scope)
+    part = next((part for part, scopes in OP_PARTS.items() if scope in scopes), "other")
+    return part, backward
+
+
 def op_profile(fn: Callable[[], object], top: int = 12) -> dict | None:
     """Where one call of `fn` spends its time: TensorFlow's profiler traces
     every op it runs, and their durations are summed by op type and kind
@@ -242,7 +263,7 @@ def op_profile(fn: Callable[[], object], top: int = 12) -> dict | None:
         tf.profiler.experimental.stop()
         [path] = pathlib.Path(logdir).rglob("*.xplane.pb")
         space = xplane_pb2.XSpace.FromString(path.read_bytes())
-    by_type = {}
+    by_type, by_part = {}, {}
     for plane in space.planes:
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
         for line in plane.lines:
@@ -251,15 +272,22 @@ def op_profile(fn: Callable[[], object], top: int = 12) -> dict | None:
                 # ("ExecutorState::Process", "EagerLocalExecute: ...") are not.
                 name = names.get(event.metadata_id, "")
                 if ":" in name and "::" not in name and " " not in name:
-                    op_type = name.rpartition(":")[2]
-                    by_type[op_type] = by_type.get(op_type, 0.0) + event.duration_ps * 1e-12
+                    op_name, _, op_type = name.rpartition(":")
+                    seconds = event.duration_ps * 1e-12
+                    by_type[op_type] = by_type.get(op_type, 0.0) + seconds
+                    part, backward = op_part(op_name)
+                    shares = by_part.setdefault(part, [0.0, 0.0])
+                    shares[backward] += seconds
     total = sum(by_type.values()) or 1.0
     kinds = {}
     for op_type, seconds in by_type.items():
         kind = op_kind(op_type)
         kinds[kind] = kinds.get(kind, 0.0) + seconds / total
     ranked = sorted(by_type.items(), key=lambda item: -item[1])
+    parts = {part: dict(share=(fwd + bwd) / total, backward_share=bwd / total)
+             for part, (fwd, bwd) in sorted(by_part.items(), key=lambda kv: -sum(kv[1]))}
     return dict(op_seconds=total, kind_share=dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+                part_share=parts,
                 top_types=[dict(type=t, share=v / total) for t, v in ranked[:top]])
 
 
@@ -397,6 +425,9 @@ def print_profiles(grad_steps: list[dict]) -> None:
                       f"{kind} {share:.0%}" for kind, share in p["kind_share"].items()))
             print("  top op types: " + ", ".join(
                 f"{t['type']} {t['share']:.0%}" for t in p["top_types"]))
+            print("  by model part (of it backward): " + ", ".join(
+                f"{part} {v['share']:.0%} ({v['backward_share']:.0%})"
+                for part, v in p["part_share"].items()))
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> dict:

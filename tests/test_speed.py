@@ -20,6 +20,23 @@ def test_op_kind(op_type, kind):
     assert speed.op_kind(op_type) == kind
 
 
+@pytest.mark.parametrize("op_name, part, backward", [
+    ("actor_11/dense_10_1/BiasAdd/Cast", "actor", False),
+    ("gradient_tape/actor_19/dense_10_1/EluGrad", "actor", True),
+    ("tanh_1IndependentNormal_CONSTRUCTED_AT_actor_5/sample/Normal/sample/add", "actor", False),
+    ("gradient_tape/IndependentNormal_CONSTRUCTED_AT_conv_decoder/log_prob/sub",
+     "decoder", True),
+    ("conv_decoder_1/conv2d_transpose_1_2/conv2d_transpose", "decoder", False),
+    ("gradient_tape/conv_encoder_1/conv2d_3_1/Conv2D", "encoder", True),
+    ("gru_15/add", "rssm", False), ("gradient_tape/obs_dist_13/MatMul/MatMul", "rssm", True),
+    ("value_2/dense_5_1/MatMul", "value", False), ("reward_1/Reshape", "reward", False),
+    ("cond_2/then/_204/cond_2/value/Add_12", "optimizer", False),
+    ("clip_by_global_norm_2/mul_4", "optimizer", False),
+    ("AddN_115", "other", False), ("gradient_tape/mul_18", "other", True)])
+def test_op_part(op_name, part, backward):
+    assert speed.op_part(op_name) == (part, backward)
+
+
 def test_op_profile_finds_the_ops_of_a_function():
     a = tf.random.normal((512, 512))
 
@@ -37,4 +54,18 @@ def test_op_profile_finds_the_ops_of_a_function():
     assert max(shares, key=shares.get) == "matmul"
     assert len(profile["top_types"]) == 3
     assert "MatMul" in profile["top_types"][0]["type"]
+    # Named by no layer, every op is the "other" part, all in the forward pass.
+    assert profile["part_share"] == {"other": dict(share=pytest.approx(1.0), backward_share=0)}
     assert 0 < profile["op_seconds"] < 10
+
+
+def test_op_profile_of_a_train_step_names_every_model_part():
+    agent = speed.build_agent(["--configs", "debug", "--pcont", "True"], 32, batch=4, length=10)
+    data = speed.synthetic_batch(4, 10, "image")
+    agent.train(data)
+    parts = speed.op_profile(lambda: agent.train(data)["model_loss"].numpy())["part_share"]
+    every = {"encoder", "decoder", "rssm", "reward", "pcont", "value", "actor", "optimizer"}
+    assert every <= set(parts)
+    assert all(parts[part]["backward_share"] > 0 for part in every - {"optimizer"})
+    assert sum(v["share"] for v in parts.values()) == pytest.approx(1.0)
+    assert parts["other"]["share"] < 0.5
