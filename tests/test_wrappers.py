@@ -171,11 +171,19 @@ def test_render_fast_turns_off_shadows_and_reflections():
                                   fast.physics.data.qpos)
     # Same state, different lighting: shadows/floor reflection are gone.
     assert np.abs(image_slow.astype(int) - image_fast).mean() > 1
-    # The kept camera renders what physics.render does with the same flags.
-    for env in (slow, fast):
-        image = env.step(np.full(6, 0.5))[0]['image']
+
+
+@without_tensorflow
+@pytest.mark.parametrize('task, render_fast', [
+    ('walker_walk', False), ('walker_walk', True), ('quadruped_walk', False)])
+def test_dmc_images_are_those_of_physics_render(task, render_fast):
+    # The env keeps one camera; physics.render builds one per call.
+    env = wrappers.DeepMindControl(task, seed=0, render_fast=render_fast)
+    env.reset()
+    for _ in range(3):
+        image = env.step(np.full(env.act_space['shape'], 0.5))[0]['image']
         np.testing.assert_array_equal(image, env.physics.render(
-            64, 64, camera_id=0, render_flag_overrides=env.render_flags))
+            64, 64, camera_id=env.camera, render_flag_overrides=env.render_flags))
 
 
 @without_tensorflow
