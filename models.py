@@ -156,7 +156,7 @@ class ConvDecoder(keras.layers.Layer):
             VectorDeconv(4 * depth, 5, act),
             keras.layers.Conv2DTranspose(2 * depth, 5, 2, activation=act),
             keras.layers.Conv2DTranspose(depth, 6, 2, activation=act),
-            keras.layers.Conv2DTranspose(shape[-1], 6, 2),
+            SubpixelDeconv(shape[-1], 6, 2),
         ]
 
     def call(self, feat) -> tfd.Distribution:
@@ -186,6 +186,51 @@ class VectorDeconv(keras.layers.Layer):
     def call(self, x):
         x = tf.reshape(self.matmul(x), [-1, self._kernel, self._kernel, self._filters])
         return self.act(x + tf.cast(self.bias, x.dtype))
+
+
+class SubpixelDeconv(keras.layers.Conv2DTranspose):
+    """A 'valid' transposed conv whose kernel size is a multiple of its stride
+    (the decoder's last layer), its forward pass computed in the sub-pixel
+    form: one regular conv that gives every output phase as channels, then
+    depth-to-space; exactly the same function. With the 3 output channels
+    of an image, CPU kernels run the transposed conv at a fifth of their
+    usual rate and this form in under half its time. The backward pass is
+    the transposed conv's own gradient ops, which run at the usual rate."""
+
+    def call(self, x):
+        kernel = tf.cast(self.kernel, x.dtype)
+        y = conv_transpose_subpixel(x, kernel, self.strides[0])
+        return self.activation(y + tf.cast(self.bias, x.dtype))
+
+
+def conv_transpose_subpixel(x, kernel, stride: int):
+    """tf.nn.conv2d_transpose(x, kernel, stride, 'VALID') for a kernel of
+    size k = stride * q: output pixel stride * m + a sums x[m - u] W[a +
+    stride * u] over u < q, a q x q correlation of x padded by q - 1 with
+    the kernel's taps of phase a in reverse order."""
+    k, _, filters, channels = kernel.shape
+    q = k // stride
+    if q * stride != k:
+        raise ValueError(f"Kernel size {k} is not a multiple of the stride {stride}.")
+
+    @tf.custom_gradient
+    def deconv(x, kernel):
+        taps = tf.reshape(kernel, [q, stride, q, stride, filters, channels])
+        taps = tf.transpose(tf.reverse(taps, [0, 2]), [0, 2, 5, 1, 3, 4])
+        taps = tf.reshape(taps, [q, q, channels, stride * stride * filters])
+        pad = [[0, 0], [q - 1, q - 1], [q - 1, q - 1], [0, 0]]
+        y = tf.nn.depth_to_space(tf.nn.conv2d(tf.pad(x, pad), taps, 1, "VALID"), stride)
+
+        def grad(dy):  # TensorFlow's gradient of conv2d_transpose.
+            strides = [1, stride, stride, 1]
+            dkernel = tf.raw_ops.Conv2DBackpropFilter(
+                input=dy, filter_sizes=tf.shape(kernel), out_backprop=x, strides=strides,
+                padding="VALID")
+            return tf.nn.conv2d(dy, kernel, strides, "VALID"), dkernel
+
+        return y, grad
+
+    return deconv(x, kernel)
 
 
 class DenseHead(keras.layers.Layer):

@@ -168,3 +168,33 @@ def test_vector_deconv_is_the_transposed_conv_on_a_1x1_input():
     want = deconv(tf.reshape(x, (3, 1, 1, 11)))
     np.testing.assert_allclose(vector(x).numpy(), want.numpy(), atol=1e-5)
     assert want.shape == (3, 5, 5, 7)
+
+
+@pytest.mark.parametrize("kernel, stride, size, filters", [(6, 2, 30, 3), (6, 3, 7, 2), (4, 2, 5, 4)])
+def test_subpixel_deconv_is_the_transposed_conv_with_its_gradients(kernel, stride, size, filters):
+    deconv = keras.layers.Conv2DTranspose(filters, kernel, stride, activation="relu")
+    subpixel = models.SubpixelDeconv(filters, kernel, stride, activation="relu")
+    x = tf.random.normal((2, size, size, 5), seed=1)
+    deconv(x), subpixel(x)  # Builds the weights of both.
+    deconv.kernel.assign(tf.random.normal(deconv.kernel.shape, seed=2))
+    deconv.bias.assign(tf.random.normal((filters,), seed=3))
+    for mine, theirs in zip(subpixel.weights, deconv.weights):
+        mine.assign(theirs)
+    results = []
+    for layer in (deconv, subpixel):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            # Weights of each output pixel, so that a shifted or flipped
+            # output changes every gradient.
+            y = layer(x)
+            loss = tf.reduce_sum(y * tf.reshape(tf.range(tf.size(y), dtype=tf.float32), y.shape))
+        results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
+    assert results[0][0].shape == (2, (size - 1) * stride + kernel, (size - 1) * stride + kernel,
+                                   filters)
+    for want, got in zip(*results):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_subpixel_deconv_needs_a_kernel_that_is_a_multiple_of_the_stride():
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        models.SubpixelDeconv(3, 5, 2)(tf.zeros((1, 4, 4, 2)))
