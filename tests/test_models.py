@@ -170,28 +170,48 @@ def test_vector_deconv_is_the_transposed_conv_on_a_1x1_input():
     assert want.shape == (3, 5, 5, 7)
 
 
-@pytest.mark.parametrize("kernel, stride, size, filters", [(6, 2, 30, 3), (6, 3, 7, 2), (4, 2, 5, 4)])
-def test_subpixel_deconv_is_the_transposed_conv_with_its_gradients(kernel, stride, size, filters):
-    deconv = keras.layers.Conv2DTranspose(filters, kernel, stride, activation="relu")
-    subpixel = models.SubpixelDeconv(filters, kernel, stride, activation="relu")
-    x = tf.random.normal((2, size, size, 5), seed=1)
-    deconv(x), subpixel(x)  # Builds the weights of both.
-    deconv.kernel.assign(tf.random.normal(deconv.kernel.shape, seed=2))
-    deconv.bias.assign(tf.random.normal((filters,), seed=3))
-    for mine, theirs in zip(subpixel.weights, deconv.weights):
-        mine.assign(theirs)
+def outputs_and_gradients(layers, x):
+    """Each layer's output and the gradients of a loss on it (weighting each
+    output pixel differently, so that a shifted or flipped output changes
+    every gradient) with respect to x, kernel and bias; the other layers
+    take the first one's weights."""
+    for layer in layers:
+        layer(x)  # Builds the weights.
+    layers[0].kernel.assign(tf.random.normal(layers[0].kernel.shape, seed=2))
+    layers[0].bias.assign(tf.random.normal(layers[0].bias.shape, seed=3))
     results = []
-    for layer in (deconv, subpixel):
+    for layer in layers:
+        for mine, theirs in zip(layer.weights, layers[0].weights):
+            mine.assign(theirs)
         with tf.GradientTape() as tape:
             tape.watch(x)
-            # Weights of each output pixel, so that a shifted or flipped
-            # output changes every gradient.
             y = layer(x)
             loss = tf.reduce_sum(y * tf.reshape(tf.range(tf.size(y), dtype=tf.float32), y.shape))
         results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
-    assert results[0][0].shape == (2, (size - 1) * stride + kernel, (size - 1) * stride + kernel,
-                                   filters)
-    for want, got in zip(*results):
+    return results
+
+
+@pytest.mark.parametrize("kernel, stride, size, filters", [(6, 2, 30, 3), (6, 3, 7, 2), (4, 2, 5, 4)])
+def test_subpixel_deconv_is_the_transposed_conv_with_its_gradients(kernel, stride, size, filters):
+    x = tf.random.normal((2, size, size, 5), seed=1)
+    theirs, mine = outputs_and_gradients(
+        [keras.layers.Conv2DTranspose(filters, kernel, stride, activation="relu"),
+         models.SubpixelDeconv(filters, kernel, stride, activation="relu")], x)
+    out = (size - 1) * stride + kernel
+    assert theirs[0].shape == (2, out, out, filters)
+    for want, got in zip(theirs, mine):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(4, 2, 6), (4, 2, 9), (3, 1, 5)])
+def test_patch_grad_conv_is_the_conv_with_its_gradients(kernel, stride, size):
+    x = tf.random.normal((2, size, size, 5), seed=1)
+    theirs, mine = outputs_and_gradients(
+        [keras.layers.Conv2D(7, kernel, stride, activation="relu"),
+         models.PatchGradConv(7, kernel, stride, activation="relu")], x)
+    out = (size - kernel) // stride + 1
+    assert theirs[0].shape == (2, out, out, 7)
+    for want, got in zip(theirs, mine):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-3)
 
 
