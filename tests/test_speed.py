@@ -69,3 +69,11 @@ def test_op_profile_of_a_train_step_names_every_model_part():
     assert all(parts[part]["backward_share"] > 0 for part in every - {"optimizer"})
     assert sum(v["share"] for v in parts.values()) == pytest.approx(1.0)
     assert parts["other"]["share"] < 0.5
+    # Every matmul and conv belongs to a part, every filter gradient (custom
+    # gradients included) to a backward pass.
+    graph = agent.train.get_concrete_function(data).graph
+    for op in graph.get_operations():
+        if op.type in ("MatMul", "Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"):
+            part, backward = speed.op_part(op.name)
+            assert part != "other", op.name
+            assert backward or op.type != "Conv2DBackpropFilter", op.name
