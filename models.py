@@ -134,9 +134,9 @@ class ConvEncoder(keras.layers.Layer):
 class PatchGradConv(keras.layers.Conv2D):
     """A 'valid' conv (the encoder's last layer) whose filter gradient is one
     matmul, of the input's patches with the output's gradient: for its 2x2
-    outputs of 4x4x128 patches, CPU kernels compute that gradient at a
-    fifth of the matmul's rate. Forward pass and input gradient are the
-    conv's own."""
+    outputs of 4x4x128 patches, oneDNN's filter-gradient kernel ran at a
+    quarter of that matmul's rate (benchmarks/RESULTS.md). Forward pass and
+    input gradient are the conv's own."""
 
     def call(self, x):
         y = conv2d_patch_grad(x, tf.cast(self.kernel, x.dtype), self.strides[0])
@@ -231,9 +231,10 @@ class SubpixelDeconv(keras.layers.Conv2DTranspose):
     (the decoder's last layer), its forward pass computed in the sub-pixel
     form: one regular conv that gives every output phase as channels, then
     depth-to-space; exactly the same function. With the 3 output channels
-    of an image, CPU kernels run the transposed conv at a fifth of their
-    usual rate and this form in under half its time. The backward pass is
-    the transposed conv's own gradient ops, which run at the usual rate."""
+    of an image, oneDNN ran the transposed conv at a fifth of its usual rate
+    and this form in under half its time (benchmarks/RESULTS.md). The
+    backward pass is the transposed conv's own gradient ops, which run at
+    the usual rate."""
 
     def call(self, x):
         kernel = tf.cast(self.kernel, x.dtype)
