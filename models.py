@@ -114,6 +114,33 @@ class RSSM(keras.layers.Layer):
         return div, tf.where(div > free_nats, div, below)
 
 
+class KernelOp:
+    """call() of a Keras conv layer through its own op(x, kernel, stride),
+    with the bias and activation that Keras would add."""
+
+    def call(self, x):
+        y = self.op(x, tf.cast(self.kernel, x.dtype), self.strides[0])
+        return self.activation(y + tf.cast(self.bias, x.dtype))
+
+
+def with_gradient(forward, backward):
+    """forward(x, kernel) with the gradient backward(x, kernel, dy) -> (dx,
+    dkernel). Its ops are named as the tape names gradient ops (it leaves a
+    custom gradient's unscoped), so that profiles count them as the layer's
+    backward pass."""
+    scope = f"gradient_tape/{tf.get_current_name_scope()}/"
+
+    @tf.custom_gradient
+    def op(x, kernel):
+        def grad(dy):
+            with tf.name_scope(scope):
+                return backward(x, kernel, dy)
+
+        return forward(x, kernel), grad
+
+    return op
+
+
 class ConvEncoder(keras.layers.Layer):
     """64x64x3 uint8 images -> 1024 features (four k4 s2 valid convs)."""
 
@@ -131,42 +158,34 @@ class ConvEncoder(keras.layers.Layer):
         return tf.reshape(x, tf.concat([shape[:-3], [np.prod(x.shape[1:])]], 0))
 
 
-class PatchGradConv(keras.layers.Conv2D):
-    """A 'valid' conv (the encoder's last layer) whose filter gradient is one
-    matmul, of the input's patches with the output's gradient: for its 2x2
-    outputs of 4x4x128 patches, oneDNN's filter-gradient kernel ran at a
-    quarter of that matmul's rate (benchmarks/RESULTS.md). Forward pass and
-    input gradient are the conv's own."""
-
-    def call(self, x):
-        y = conv2d_patch_grad(x, tf.cast(self.kernel, x.dtype), self.strides[0])
-        return self.activation(y + tf.cast(self.bias, x.dtype))
-
-
 def conv2d_patch_grad(x, kernel, stride: int):
     """tf.nn.conv2d(x, kernel, stride, 'VALID') with the filter gradient
     patches^T dy: a patch is flattened (row, column, channel), as the
     kernel's first three axes."""
     size, _, channels, filters = kernel.shape
     strides = [1, stride, stride, 1]
-    scope = backward_scope()
 
-    @tf.custom_gradient
-    def conv(x, kernel):
-        def grad(dy):
-            with tf.name_scope(scope):
-                patches = tf.image.extract_patches(
-                    x, [1, size, size, 1], strides, [1, 1, 1, 1], "VALID")
-                dkernel = tf.matmul(tf.reshape(patches, [-1, size * size * channels]),
-                                    tf.reshape(dy, [-1, filters]), transpose_a=True)
-                dx = tf.raw_ops.Conv2DBackpropInput(
-                    input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=strides,
-                    padding="VALID")
-                return dx, tf.reshape(dkernel, kernel.shape)
+    def backward(x, kernel, dy):
+        patches = tf.image.extract_patches(x, [1, size, size, 1], strides, [1, 1, 1, 1], "VALID")
+        dkernel = tf.matmul(tf.reshape(patches, [-1, size * size * channels]),
+                            tf.reshape(dy, [-1, filters]), transpose_a=True)
+        dx = tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=strides,
+            padding="VALID")
+        return dx, tf.reshape(dkernel, kernel.shape)
 
-        return tf.nn.conv2d(x, kernel, strides, "VALID"), grad
+    forward = lambda x, kernel: tf.nn.conv2d(x, kernel, strides, "VALID")
+    return with_gradient(forward, backward)(x, kernel)
 
-    return conv(x, kernel)
+
+class PatchGradConv(KernelOp, keras.layers.Conv2D):
+    """A 'valid' conv (the encoder's last layer) whose filter gradient is one
+    matmul, of the input's patches with the output's gradient: for its 2x2
+    outputs of 4x4x128 patches, oneDNN's filter-gradient kernel ran at a
+    quarter of that matmul's rate (benchmarks/RESULTS.md). Forward pass and
+    input gradient are the conv's own."""
+
+    op = staticmethod(conv2d_patch_grad)
 
 
 class DenseEncoder(keras.layers.Layer):
@@ -226,22 +245,6 @@ class VectorDeconv(keras.layers.Layer):
         return self.act(x + tf.cast(self.bias, x.dtype))
 
 
-class SubpixelDeconv(keras.layers.Conv2DTranspose):
-    """A 'valid' transposed conv whose kernel size is a multiple of its stride
-    (the decoder's last layer), its forward pass computed in the sub-pixel
-    form: one regular conv that gives every output phase as channels, then
-    depth-to-space; exactly the same function. With the 3 output channels
-    of an image, oneDNN ran the transposed conv at a fifth of its usual rate
-    and this form in under half its time (benchmarks/RESULTS.md). The
-    backward pass is the transposed conv's own gradient ops, which run at
-    the usual rate."""
-
-    def call(self, x):
-        kernel = tf.cast(self.kernel, x.dtype)
-        y = conv_transpose_subpixel(x, kernel, self.strides[0])
-        return self.activation(y + tf.cast(self.bias, x.dtype))
-
-
 def conv_transpose_subpixel(x, kernel, stride: int):
     """tf.nn.conv2d_transpose(x, kernel, stride, 'VALID') for a kernel of
     size k = stride * q: output pixel stride * m + a sums x[m - u] W[a +
@@ -251,35 +254,35 @@ def conv_transpose_subpixel(x, kernel, stride: int):
     q = k // stride
     if q * stride != k:
         raise ValueError(f"Kernel size {k} is not a multiple of the stride {stride}.")
+    strides = [1, stride, stride, 1]
 
-    scope = backward_scope()
-
-    @tf.custom_gradient
-    def deconv(x, kernel):
+    def forward(x, kernel):
         taps = tf.reshape(kernel, [q, stride, q, stride, filters, channels])
         taps = tf.transpose(tf.reverse(taps, [0, 2]), [0, 2, 5, 1, 3, 4])
         taps = tf.reshape(taps, [q, q, channels, stride * stride * filters])
         pad = [[0, 0], [q - 1, q - 1], [q - 1, q - 1], [0, 0]]
-        y = tf.nn.depth_to_space(tf.nn.conv2d(tf.pad(x, pad), taps, 1, "VALID"), stride)
+        return tf.nn.depth_to_space(tf.nn.conv2d(tf.pad(x, pad), taps, 1, "VALID"), stride)
 
-        def grad(dy):  # TensorFlow's gradient of conv2d_transpose.
-            strides = [1, stride, stride, 1]
-            with tf.name_scope(scope):
-                dkernel = tf.raw_ops.Conv2DBackpropFilter(
-                    input=dy, filter_sizes=tf.shape(kernel), out_backprop=x, strides=strides,
-                    padding="VALID")
-                return tf.nn.conv2d(dy, kernel, strides, "VALID"), dkernel
+    def backward(x, kernel, dy):  # TensorFlow's gradient of conv2d_transpose.
+        dkernel = tf.raw_ops.Conv2DBackpropFilter(
+            input=dy, filter_sizes=tf.shape(kernel), out_backprop=x, strides=strides,
+            padding="VALID")
+        return tf.nn.conv2d(dy, kernel, strides, "VALID"), dkernel
 
-        return y, grad
-
-    return deconv(x, kernel)
+    return with_gradient(forward, backward)(x, kernel)
 
 
-def backward_scope() -> str:
-    """The name scope of the gradient ops of ops created now, as the tape
-    names them (it leaves a custom gradient's ops unscoped), so that profiles
-    count a custom gradient as its layer's backward pass."""
-    return f"gradient_tape/{tf.get_current_name_scope()}/"
+class SubpixelDeconv(KernelOp, keras.layers.Conv2DTranspose):
+    """A 'valid' transposed conv whose kernel size is a multiple of its stride
+    (the decoder's last layer), its forward pass computed in the sub-pixel
+    form: one regular conv that gives every output phase as channels, then
+    depth-to-space; exactly the same function. With the 3 output channels
+    of an image, oneDNN ran the transposed conv at a fifth of its usual rate
+    and this form in under half its time (benchmarks/RESULTS.md). The
+    backward pass is the transposed conv's own gradient ops, which run at
+    the usual rate."""
+
+    op = staticmethod(conv_transpose_subpixel)
 
 
 class DenseHead(keras.layers.Layer):
