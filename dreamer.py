@@ -355,10 +355,12 @@ class Dreamer:
         self.checkpoint = tf.train.Checkpoint(
             **modules, model_opt=self.model_opt.adam, value_opt=self.value_opt.adam,
             actor_opt=self.actor_opt.adam, step=self.step)
-        self.train = tf.function(self._train_step, jit_compile=c.jit)
-        self.open_loop = tf.function(self._open_loop)
+        # No autograph: the steps branch on the config only, never on a
+        # tensor, and converting their source took about 2 s of every trace.
+        self.train = tf.function(self._train_step, jit_compile=c.jit, autograph=False)
+        self.open_loop = tf.function(self._open_loop, autograph=False)
         self._policy = tf.function(self._policy_step, jit_compile=c.jit_policy,
-                                   reduce_retracing=True)
+                                   reduce_retracing=True, autograph=False)
         self._policy_fns = {}
 
     def _build(self, obs_space: dict, size: int) -> None:
