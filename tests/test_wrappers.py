@@ -171,6 +171,12 @@ def test_render_fast_turns_off_shadows_and_reflections():
                                   fast.physics.data.qpos)
     # Same state, different lighting: shadows/floor reflection are gone.
     assert np.abs(image_slow.astype(int) - image_fast).mean() > 1
+    # And no multisampling: against the same scene with it, only edge
+    # pixels differ.
+    assert fast.physics.model.vis.quality.offsamples == 0
+    smooth = slow.physics.render(64, 64, camera_id=0, render_flag_overrides=fast.render_flags)
+    changed = (smooth != image_fast).any(-1).mean()
+    assert 0.01 < changed < 0.3
 
 
 @without_tensorflow
