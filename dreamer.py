@@ -147,8 +147,8 @@ PRESETS = dict(
     # Pixels on a few CPU cores: also half the conv channels and a smaller
     # batch, a gradient step at half the `cpu` preset's cost.
     cpu_image=dict(batch_size=12, num_units=200, cnn_depth=16),
-    # A whole run with every phase in about a minute on 2 CPU cores (without
-    # shadows and reflections, a third of Mesa's render time).
+    # A whole run with every phase in about a minute on 2 CPU cores (with
+    # render_fast, frames render in under a tenth of the default scene's time).
     debug=dict(
         render_fast=True, time_limit=200, prefill=800, train_every=500, train_steps=3, pretrain=3,
         eval_every=2000, log_every=500, batch_size=4, batch_length=10, horizon=5,

@@ -160,7 +160,7 @@ def test_normalize_actions_maps_to_native_bounds():
 
 
 @without_tensorflow
-def test_render_fast_turns_off_shadows_and_reflections():
+def test_render_fast_turns_off_shadows_reflections_and_multisampling():
     slow = wrappers.DeepMindControl('walker_walk', seed=0)
     fast = wrappers.DeepMindControl('walker_walk', seed=0, render_fast=True)
     assert slow.render_flags == {}
