@@ -356,7 +356,7 @@ class Dreamer:
             **modules, model_opt=self.model_opt.adam, value_opt=self.value_opt.adam,
             actor_opt=self.actor_opt.adam, step=self.step)
         # No autograph: the steps branch on the config only, never on a
-        # tensor, and converting their source took about 2 s of every trace.
+        # tensor, and converting their source took 2-4 s of each train trace.
         self.train = tf.function(self._train_step, jit_compile=c.jit, autograph=False)
         self.open_loop = tf.function(self._open_loop, autograph=False)
         self._policy = tf.function(self._policy_step, jit_compile=c.jit_policy,

@@ -139,8 +139,8 @@ class DeepMindControl:
         else:
             if render_fast:
                 # Without shadows a 64x64 frame is too small for llvmpipe's
-                # threads to pay off: rendering in the calling thread takes a
-                # fifth less per env step. Mesa reads this when dm_control
+                # threads to pay off: rendering in the calling thread takes
+                # about a quarter less per frame. Mesa reads this when dm_control
                 # first loads, so it applies to a process's first renderer,
                 # as in a Parallel worker.
                 os.environ.setdefault('LP_NUM_THREADS', '0')
@@ -155,14 +155,14 @@ class DeepMindControl:
         self._size = tuple(size)  # (height, width)
         self.camera = (2 if domain == 'quadruped' else 0) if camera is None \
             else camera
-        # Shadows and reflections cost most of the software-rendering time.
-        self.render_flags = {'shadow': False, 'reflection': False} \
-            if render_fast else {}
+        self.render_flags = {}
         if render_fast:
-            # Without them most of what is left is 4x multisampling: with
-            # none, llvmpipe renders a frame in a quarter of the time, and
-            # only pixels on edges change. Read when the rendering context
-            # is made, at the first render.
+            # Shadows and reflections cost most of the software-rendering
+            # time, and most of the rest is 4x multisampling: without it
+            # llvmpipe renders a frame in a quarter of the time, and only
+            # pixels on edges change. Mesa reads the sample count when the
+            # rendering context is made, at the first render.
+            self.render_flags = {'shadow': False, 'reflection': False}
             self.physics.model.vis.quality.offsamples = 0
         self._camera = None  # Built on the first render (needs a renderer).
         self._image = None
