@@ -132,7 +132,8 @@ class DeepMindControl:
 
     def __init__(self, name: str, size: tuple[int, int] = (64, 64),
                  camera: int | None = None, seed: int = 0,
-                 render_fast: bool = False, obs: str = 'image') -> None:
+                 render_fast: bool = False, obs: str = 'image',
+                 shadow_size: int | None = None) -> None:
         _check_obs_type(obs)
         if obs == 'state':
             suite = _dmc_suite()  # No renderer needed, even beside TF.
@@ -164,6 +165,11 @@ class DeepMindControl:
             # rendering context is made, at the first render.
             self.render_flags = {'shadow': False, 'reflection': False}
             self.physics.model.vis.quality.offsamples = 0
+        if shadow_size:
+            # The suite's scenes ask for a 2048^2 shadow map, drawn for every
+            # frame; at 64x64 a smaller map moves only a few pixels on shadow
+            # edges and costs less to draw. Also read at the first render.
+            self.physics.model.vis.quality.shadowsize = shadow_size
         self._camera = None  # Built on the first render (needs a renderer).
         self._image = None
 
@@ -743,13 +749,15 @@ def check_obs(task: str, obs: str) -> None:
 def make_env(task: str, action_repeat: int, time_limit: int | None,
              size: tuple[int, int] = (64, 64), seed: int = 0,
              render_fast: bool = False, life_done: bool = False,
-             grayscale: bool = False, obs: str = 'image') -> Any:
+             grayscale: bool = False, obs: str = 'image',
+             shadow_size: int | None = None) -> Any:
     """Builds a wrapped environment for 'dmc_*', 'atari_*', 'dmlab_*' or
     'gym_*'.
 
     time_limit is in env frames (None: no extra limit); life_done applies to
-    Atari only, render_fast to DMC only; grayscale is Atari only; obs is
-    'image' or 'state' (DMC and Gymnasium only, see check_obs).
+    Atari only, render_fast and shadow_size (pixels per side of MuJoCo's
+    shadow map; None: the task's own) to DMC only; grayscale is Atari only;
+    obs is 'image' or 'state' (DMC and Gymnasium only, see check_obs).
     """
     check_task(task)
     check_obs(task, obs)
@@ -758,7 +766,7 @@ def make_env(task: str, action_repeat: int, time_limit: int | None,
         raise ValueError(f"grayscale is only supported for Atari, not '{task}'.")
     if kind == 'dmc':
         env = DeepMindControl(name, size, seed=seed, render_fast=render_fast,
-                              obs=obs)
+                              obs=obs, shadow_size=shadow_size)
         env = NormalizeActions(ActionRepeat(env, action_repeat))
     elif kind == 'gym':
         env = Gym(name, size, obs=obs, seed=seed)

@@ -310,7 +310,8 @@ def policy_latency(agent: dreamer.Dreamer, calls: int) -> dict:
 
 def env_ctor(config: argparse.Namespace, render_fast: bool, seed: int = 0):
     return functools.partial(wrappers.make_env, config.task, config.action_repeat,
-                             config.time_limit, seed=seed, render_fast=render_fast)
+                             config.time_limit, seed=seed, render_fast=render_fast,
+                             shadow_size=config.shadow_size)
 
 
 def step_or_reset(env: wrappers.Parallel, rng: np.random.Generator):

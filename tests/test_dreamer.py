@@ -43,6 +43,16 @@ def test_presets_then_explicit_flags():
     assert atari.horizon == 12 and atari.kl_scale == 0.1 and atari.action_repeat == 4
 
 
+def test_env_workers_get_the_render_flags(monkeypatch):
+    built = []
+    monkeypatch.setattr(dreamer.wrappers, "Parallel", built.append)  # Starts no worker.
+    assert parse().shadow_size == 1024
+    dreamer.make_envs(parse("--shadow_size", "512", "--render_fast", "True"), 2, seed=5, train=True)
+    assert [ctor.keywords["seed"] for ctor in built] == [5, 6]
+    for ctor in built:
+        assert ctor.keywords["shadow_size"] == 512 and ctor.keywords["render_fast"]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--task", "dmc_walker_fly"], "walker_fly"),
     (["--task", "pong"], "pong"),
@@ -55,6 +65,7 @@ def test_presets_then_explicit_flags():
     (["--devices", "-1"], "devices"),
     (["--devices", "3"], "only 1 CPU device"),
     (["--state_symlog", "True"], "state_symlog"),
+    (["--shadow_size", "0"], "shadow_size"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
     logdir = tmp_path / "run"

@@ -180,6 +180,22 @@ def test_render_fast_turns_off_shadows_reflections_and_multisampling():
 
 
 @without_tensorflow
+def test_smaller_shadow_map_moves_only_shadow_edge_pixels():
+    suite = wrappers.DeepMindControl('walker_walk', seed=0)
+    small = wrappers.DeepMindControl('walker_walk', seed=0, shadow_size=1024)
+    assert suite.physics.model.vis.quality.shadowsize == 2048
+    assert small.physics.model.vis.quality.shadowsize == 1024
+    env = wrappers.make_env('dmc_walker_walk', 2, None, shadow_size=512)
+    assert env.physics.model.vis.quality.shadowsize == 512
+    pairs = [(suite.reset()['image'], small.reset()['image'])]
+    action = np.full(suite.act_space['shape'], 0.5)
+    for _ in range(10):
+        pairs.append((suite.step(action)[0]['image'], small.step(action)[0]['image']))
+    changed = np.mean([(a != b).any(-1).mean() for a, b in pairs])
+    assert 0 < changed < 0.005
+
+
+@without_tensorflow
 @pytest.mark.parametrize('task, render_fast', [
     ('walker_walk', False), ('walker_walk', True), ('quadruped_walk', False)])
 def test_dmc_images_are_those_of_physics_render(task, render_fast):
