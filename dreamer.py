@@ -732,12 +732,18 @@ def restore_checkpoint(agent: Dreamer, directory: pathlib.Path) -> bool:
     return False
 
 
-def make_envs(config: argparse.Namespace, count: int, seed: int, train: bool) -> list:
-    """Environment workers; a lost life ends an Atari episode in training only."""
-    ctor = functools.partial(
+def env_ctor(config: argparse.Namespace, train: bool) -> functools.partial:
+    """The configured env's constructor, to be given a seed; a lost life ends
+    an Atari episode in training only."""
+    return functools.partial(
         wrappers.make_env, config.task, config.action_repeat, config.time_limit,
         render_fast=config.render_fast, life_done=config.life_done and train,
         grayscale=config.grayscale, obs=config.obs, shadow_size=config.shadow_size)
+
+
+def make_envs(config: argparse.Namespace, count: int, seed: int, train: bool) -> list:
+    """Environment workers, seeded seed, seed + 1, ..."""
+    ctor = env_ctor(config, train)
     return [wrappers.Parallel(functools.partial(ctor, seed=seed + i)) for i in range(count)]
 
 

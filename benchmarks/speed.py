@@ -309,9 +309,9 @@ def policy_latency(agent: dreamer.Dreamer, calls: int) -> dict:
 
 
 def env_ctor(config: argparse.Namespace, render_fast: bool, seed: int = 0):
-    return functools.partial(wrappers.make_env, config.task, config.action_repeat,
-                             config.time_limit, seed=seed, render_fast=render_fast,
-                             shadow_size=config.shadow_size)
+    """The training env of the run, with render_fast as given."""
+    config = argparse.Namespace(**{**vars(config), "render_fast": render_fast})
+    return functools.partial(dreamer.env_ctor(config, train=True), seed=seed)
 
 
 def step_or_reset(env: wrappers.Parallel, rng: np.random.Generator):

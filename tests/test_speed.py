@@ -1,5 +1,5 @@
 """Tests for benchmarks/speed.py's profile of a step: which op types it finds
-and how it sums their time."""
+and how it sums their time; the env rows' constructor."""
 
 import pathlib
 import sys
@@ -77,3 +77,12 @@ def test_op_profile_of_a_train_step_names_every_model_part():
             part, backward = speed.op_part(op.name)
             assert part != "other", op.name
             assert backward or op.type != "Conv2DBackpropFilter", op.name
+
+
+def test_env_rows_build_the_runs_env_with_render_fast_as_given():
+    config = speed.dreamer.parse_config(["--logdir", "/tmp/unused", "--shadow_size", "512"])
+    ctor = speed.env_ctor(config, True, seed=3)
+    assert ctor.func is speed.wrappers.make_env
+    assert ctor.args == (config.task, config.action_repeat, config.time_limit)
+    assert ctor.keywords["render_fast"] and ctor.keywords["shadow_size"] == 512
+    assert ctor.keywords["seed"] == 3 and not config.render_fast  # The config is kept.
