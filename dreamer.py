@@ -526,19 +526,25 @@ class Dreamer:
             latent = self.rssm.initial(len(reset))
             state = (latent, tf.zeros((len(reset),) + self._act_space["shape"]))
         amount = self.exploration(step) if training else 0.0
-        args = (tf.constant(obs[self._key]), state[0], state[1],
-                tf.constant(reset, tf.float32), training, tf.constant(amount, tf.float32))
-        action, latent = self._policy_fn(args)(*args)
+        inputs = (tf.constant(obs[self._key]), state[0], state[1],
+                  tf.constant(reset, tf.float32), tf.constant(amount, tf.float32))
+        action, latent = self._call_policy(inputs, training)
         return action.numpy(), (latent, action)
 
-    def _policy_fn(self, args: tuple):
-        """The traced policy step for inputs of these shapes, kept and called
-        directly: tf.function's dispatch on every call, which this skips, cost
-        about a quarter of a batch-1 step on a CPU (benchmarks/RESULTS.md)."""
-        key = (tuple(args[0].shape), args[4])  # Observations and `training`.
+    def _call_policy(self, inputs: tuple, training: bool):
+        """Runs the traced policy step for inputs of these shapes and this mode,
+        traced once and then called on its flat inputs. Both tf.function's
+        dispatch and a concrete function's binding of structured arguments
+        cost a large part of a batch-1 step on a CPU (benchmarks/RESULTS.md)."""
+        key = (tuple(inputs[0].shape), training)
         if key not in self._policy_fns:
-            self._policy_fns[key] = self._policy.get_concrete_function(*args)
-        return self._policy_fns[key]
+            obs, latent, action, reset, amount = inputs
+            self._policy_fns[key] = self._policy.get_concrete_function(
+                obs, latent, action, reset, training, amount)
+        step = self._policy_fns[key]
+        # Dicts flatten in sorted key order, as the traced signature does.
+        return step.inference_fn.call_preflattened(
+            tf.nest.flatten(inputs) + step.captured_inputs)
 
     def _policy_step(self, obs, latent, action, reset, training, amount):
         # Acting at batch 1 is bound by per-op overhead, not arithmetic: in
