@@ -38,13 +38,6 @@ TASK_HELP = (
     "dmlab_<level> (e.g. dmlab_rooms_collect_good_objects) or gym_<EnvId> with a registered "
     "Gymnasium id (e.g. gym_Pendulum-v1, gym_CartPole-v1, gym_MountainCarContinuous-v0)")
 
-OBS_TYPES = ("image", "state")
-
-
-def _check_obs_type(obs: str) -> None:
-    if obs not in OBS_TYPES:
-        raise ValueError(f"Unknown observation type {obs!r}: use 'image' or 'state'.")
-
 
 def _discrete_space(num_actions: int) -> dict:
     return {"shape": (num_actions,), "discrete": True,
@@ -138,7 +131,7 @@ class DeepMindControl(_Env):
     def __init__(self, name: str, size: tuple[int, int] = (64, 64), camera: int | None = None,
                  seed: int = 0, render_fast: bool = False, obs: str = "image",
                  shadow_size: int | None = None) -> None:
-        _check_obs_type(obs)
+        check_obs(f"dmc_{name}", obs)
         if obs == "image" and render_fast:
             # Without shadows a 64x64 frame is too small for llvmpipe's threads to pay off.
             # Mesa reads this when dm_control first loads, as in a Parallel worker.
@@ -150,8 +143,7 @@ class DeepMindControl(_Env):
         self.physics = self._env.physics
         self._obs_type, self._size = obs, tuple(size)  # size: (height, width)
         spec = self._env.observation_spec()
-        self._state_keys = list(spec)
-        self._state_size = sum(int(np.prod(spec[key].shape)) for key in self._state_keys)
+        self._state_size = sum(int(np.prod(value.shape)) for value in spec.values())
         self.camera = (2 if domain == "quadruped" else 0) if camera is None else camera
         self.render_flags = {}
         quality = self.physics.model.vis.quality  # Read by Mesa at the first render.
@@ -181,8 +173,8 @@ class DeepMindControl(_Env):
         return self._image
 
     def _state(self, time_step: Any) -> np.ndarray:
-        return np.concatenate([np.asarray(time_step.observation[key], np.float32).ravel()
-                               for key in self._state_keys])
+        return np.concatenate([np.asarray(value, np.float32).ravel()
+                               for value in time_step.observation.values()])
 
     def reset(self) -> Obs:
         return self._observe(self._env.reset(), render=True)
@@ -241,7 +233,6 @@ class NormalizeActions(Wrapper):
     def __init__(self, env: Any) -> None:
         super().__init__(env)
         space = env.act_space
-        self._discrete = space["discrete"]
         self._mask = np.isfinite(space["low"]) & np.isfinite(space["high"])
         # Finite stand-ins so the unbounded dimensions compute no NaNs.
         self._low = np.where(self._mask, space["low"], -1)
@@ -250,14 +241,11 @@ class NormalizeActions(Wrapper):
     @property
     def act_space(self) -> dict:
         space = dict(self._env.act_space)
-        if not self._discrete:
-            space["low"] = np.where(self._mask, -1, space["low"]).astype(np.float32)
-            space["high"] = np.where(self._mask, 1, space["high"]).astype(np.float32)
+        space["low"] = np.where(self._mask, -1, space["low"]).astype(np.float32)
+        space["high"] = np.where(self._mask, 1, space["high"]).astype(np.float32)
         return space
 
     def step(self, action: np.ndarray) -> Step:
-        if self._discrete:
-            return self._env.step(action)
         action = np.asarray(action, np.float32)
         native = (np.clip(action, -1, 1) + 1) / 2 * (self._high - self._low) + self._low
         return self._env.step(np.where(self._mask, native, action))
@@ -269,8 +257,6 @@ class TimeLimit(Wrapper):
 
     def __init__(self, env: Any, duration: int) -> None:
         super().__init__(env)
-        if duration < 1:
-            raise ValueError(f"Time limit must be >= 1 step, got {duration}.")
         self._duration, self._step = duration, None
 
     def reset(self) -> Obs:
@@ -308,8 +294,6 @@ class OneHotAction(Wrapper):
 
     def __init__(self, env: Any) -> None:
         super().__init__(env)
-        if not env.act_space["discrete"]:
-            raise ValueError("OneHotAction needs a discrete action space.")
         self._num = env.act_space["shape"][0]
 
     @property
@@ -517,7 +501,7 @@ class Gym(_Env):
 
     def __init__(self, env_id: str, size: tuple[int, int] = (64, 64), obs: str = "state",
                  seed: int = 0) -> None:
-        _check_obs_type(obs)
+        check_obs(f"gym_{env_id}", obs)
         if obs == "image":
             # Classic control draws with pygame: no display or sound needed.
             for key in ("SDL_VIDEODRIVER", "SDL_AUDIODRIVER"):
@@ -553,10 +537,9 @@ class Gym(_Env):
     def render(self) -> np.ndarray:
         frame = self._env.render()
         if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[-1] != 3:
+            shape = getattr(frame, "shape", type(frame).__name__)
             raise ValueError(
-                f"Gymnasium env '{self._id}' rendered "
-                f"{getattr(frame, 'shape', type(frame).__name__)}, not an RGB frame: use "
-                f"obs='state'.")
+                f"Gymnasium env '{self._id}' rendered {shape}, not an RGB frame: use obs='state'.")
         self._image = _resize(frame, self._size)
         return self._image
 
@@ -595,7 +578,8 @@ def check_task(task: str) -> None:
 
 def check_obs(task: str, obs: str) -> None:
     """Validates an observation type for a task name: "state" exists for dmc_ and gym_ only."""
-    _check_obs_type(obs)
+    if obs not in ("image", "state"):
+        raise ValueError(f"Unknown observation type {obs!r}: use 'image' or 'state'.")
     if obs == "state" and task.partition("_")[0] not in ("dmc", "gym"):
         raise ValueError(
             f"obs='state' is only available for dmc_ and gym_ tasks, not '{task}': use "
@@ -618,16 +602,14 @@ def make_env(task: str, action_repeat: int, time_limit: int | None,
     if grayscale and kind != "atari":
         raise ValueError(f"grayscale is only supported for Atari, not '{task}'.")
     if kind == "dmc":
-        env = DeepMindControl(name, size, seed=seed, render_fast=render_fast, obs=obs,
-                              shadow_size=shadow_size)
+        env = ActionRepeat(DeepMindControl(name, size, seed=seed, render_fast=render_fast,
+                                           obs=obs, shadow_size=shadow_size), action_repeat)
     elif kind == "gym":
-        env = Gym(name, size, obs=obs, seed=seed)
-    elif kind == "atari":
+        env = ActionRepeat(Gym(name, size, obs=obs, seed=seed), action_repeat)
+    elif kind == "atari":  # Atari and DMLab repeat actions themselves.
         env = Atari(name, action_repeat, size, grayscale=grayscale, life_done=life_done, seed=seed)
     else:
         env = DMLab(name, action_repeat, size, seed=seed)
-    if kind in ("dmc", "gym"):  # Atari and DMLab repeat actions themselves.
-        env = ActionRepeat(env, action_repeat)
     env = OneHotAction(env) if env.act_space["discrete"] else NormalizeActions(env)
     if time_limit:
         env = TimeLimit(env, max(1, time_limit // action_repeat))
@@ -767,9 +749,8 @@ class Parallel:
 
     def _crashed(self) -> WorkerCrashed:
         self._process.join(timeout=1)
-        return WorkerCrashed(
-            f"Env worker (pid {self._process.pid}) died with exit code "
-            f"{self._process.exitcode}; call restart() for a fresh one.")
+        return WorkerCrashed(f"Env worker (pid {self._process.pid}) died with exit code "
+                             f"{self._process.exitcode}; call restart() for a fresh one.")
 
     def step_async(self, action: np.ndarray) -> Callable[[], Step]:
         return self._send("step", action)
