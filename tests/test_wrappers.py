@@ -437,6 +437,8 @@ def test_check_obs():
     with pytest.raises(ValueError) as error:
         wrappers.check_obs('dmc_walker_walk', 'pixels')
     assert '\n' not in str(error.value) and "'pixels'" in str(error.value)
+    with pytest.raises(ValueError, match="'pixels'"):  # Refused before anything is built.
+        wrappers.Gym('Pendulum-v1', obs='pixels')
 
 
 def test_dmlab_task_check_needs_the_module(monkeypatch):
