@@ -510,8 +510,7 @@ class Gym(_Env):
         import gymnasium
         from gymnasium import spaces
         self._env = gymnasium.make(env_id, render_mode="rgb_array" if obs == "image" else None)
-        self._id, self._obs_type, self._size = env_id, obs, tuple(size)
-        self._seed = seed
+        self._id, self._obs_type, self._size, self._seed = env_id, obs, tuple(size), seed
         observation_space, action_space = self._env.observation_space, self._env.action_space
         self._discrete = isinstance(action_space, spaces.Discrete)
         if obs == "state" and not _flattenable(observation_space):
