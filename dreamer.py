@@ -1,6 +1,10 @@
 """Dreamer: learning behaviors by latent imagination (Hafner et al., ICLR 2020).
 
 python dreamer.py --logdir ./logdir/walker --task dmc_walker_walk
+
+Read top to bottom: the configuration, the agent (world model, behavior
+learning in imagination, acting), then the loop that collects experience,
+trains and evaluates; the run's plumbing (checkpoints, devices) comes last.
 """
 
 import argparse
@@ -19,9 +23,8 @@ import uuid
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MUJOCO_GL", "egl")
-# TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512
-# VNNI, BF16 or AMX; on an AVX2 CPU the image gradient step takes about 40%
-# less time with them than with the default kernels (benchmarks/RESULTS.md).
+# TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with
+# AVX-512 or AMX; they are faster on AVX2 CPUs too (benchmarks/RESULTS.md).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
@@ -42,7 +45,6 @@ def quiet_stderr():
 with quiet_stderr():
     import keras
     import tensorflow as tf
-    import tensorflow_probability as tfp
 
     tf.config.list_physical_devices()  # Its device probe logs too.
 
@@ -54,82 +56,40 @@ import plotting
 import tools
 import wrappers
 
-tfd = tfp.distributions
+# Configuration.
 
-# One table of defaults (PAPER.md; the TF2 release where the two differ), each
-# a --flag. Steps are env frames (agent steps x action repeat) everywhere.
+# One table of defaults, each a --flag: the paper's (PAPER.md; the authors'
+# TF2 release where the two differ). Steps are env frames (agent steps x
+# action repeat) everywhere.
 DEFAULTS = dict(
     # General.
-    logdir="",
-    task="dmc_walker_walk",
-    seed=0,
-    steps=int(5e6),
-    eval_every=int(1e4),
-    eval_episodes=1,
-    log_every=int(1e3),
-    precision=16,
-    jit=False,
-    jit_policy=True,  # XLA fuses the batch-1 policy step's small ops: faster on CPUs.
-    devices=0,
-    log_videos=True,
-    envs=1,
-    obs="image",
-    state_symlog=False,
+    logdir="", task="dmc_walker_walk", seed=0, steps=int(5e6), eval_every=int(1e4),
+    eval_episodes=1, log_every=int(1e3), log_videos=True, precision=16,
     # Environment.
-    action_repeat=2,
-    time_limit=1000,
-    prefill=5000,
-    render_fast=False,
-    # MuJoCo's shadow map, pixels per side; the suite's scenes ask for 2048.
-    # At 64x64, 1024 changes about 0.1% of a frame's pixels, on shadow edges,
-    # and a walker frame renders about a quarter faster (RESULTS.md).
-    shadow_size=1024,
-    life_done=True,
+    action_repeat=2, time_limit=1000, prefill=5000, life_done=True, clip_rewards="none",
     grayscale=False,
-    clip_rewards="none",
     # Model.
-    deter_size=200,
-    stoch_size=30,
-    num_units=400,
-    cnn_depth=32,
-    dense_act="elu",
-    cnn_act="relu",
-    decoder_std=1.0,
-    reward_layers=2,
-    value_layers=3,
-    actor_layers=4,
-    pcont=False,
-    free_nats=3.0,
-    prior_grad=False,
-    kl_scale=1.0,
-    pcont_scale=10.0,
+    deter_size=200, stoch_size=30, num_units=400, cnn_depth=32, dense_act="elu",
+    cnn_act="relu", decoder_std=1.0, reward_layers=2, value_layers=3, actor_layers=4,
+    pcont=False, free_nats=3.0, kl_scale=1.0, pcont_scale=10.0,
     # Training.
-    batch_size=50,
-    batch_length=50,
-    train_every=1000,
-    train_steps=100,
-    pretrain=100,
-    model_lr=6e-4,
-    value_lr=8e-5,
-    actor_lr=8e-5,
-    grad_clip=100.0,
-    max_nonfinite=100,
-    adam_eps=1e-7,
-    replay_cache=400,
+    batch_size=50, batch_length=50, train_every=1000, train_steps=100, pretrain=100,
+    model_lr=6e-4, value_lr=8e-5, actor_lr=8e-5, grad_clip=100.0, adam_eps=1e-7,
     # Behavior.
-    discount=0.99,
-    disclam=0.95,
-    horizon=15,
-    imag_stride=1,
-    action_dist="tanh_normal",
-    action_init_std=5.0,
-    action_mean_scale=5.0,
-    action_min_std=1e-4,
-    actor_ent=0.0,
-    expl="additive_gaussian",
-    expl_amount=0.3,
-    expl_decay=0,
-    expl_min=0.0,
+    discount=0.99, disclam=0.95, horizon=15, action_dist="tanh_normal", action_init_std=5.0,
+    action_mean_scale=5.0, action_min_std=1e-4, expl="additive_gaussian", expl_amount=0.3,
+    expl_decay=0, expl_min=0.0,
+    # Not in the paper; these defaults leave the paper's agent as it is.
+    obs="image",  # "state": the proprioceptive vector, for runs without pixels.
+    state_symlog=False,  # Squashes large state dims (velocities) for encoder and decoder.
+    render_fast=False,  # DMC without shadows, reflections, multisampling: other pixels, faster.
+    shadow_size=0,  # MuJoCo's shadow map size; 0: the suite's own (2048); 1024 renders faster.
+    envs=1,  # Env workers stepping in parallel while collecting.
+    replay_cache=400,  # Episodes kept in memory; the others are read from disk.
+    jit=False,  # XLA for the whole train step.
+    jit_policy=True,  # XLA fuses the batch-1 policy step's many small ops.
+    devices=0,  # GPUs that share each batch (0: all visible).
+    max_nonfinite=100,  # Skipped non-finite steps in a row before the run stops.
 )
 
 # Applied by task prefix before --configs presets (PAPER: discrete actions).
@@ -139,20 +99,13 @@ DISCRETE = dict(
     expl_amount=0.4, expl_decay=200000, expl_min=0.1)
 SUITES = dict(dmc={}, atari=DISCRETE, dmlab=DISCRETE)
 
+# Smaller models for a few CPU cores (--configs NAME ...); RESULTS.md
+# gives what each learned and how fast.
 PRESETS = dict(
-    # A few CPU cores: a third of the batch and half the dense units (from
-    # state, a gradient step costs a sixth of the default size here).
     cpu=dict(batch_size=16, num_units=200),
-    # From small state vectors on a few CPU cores: also a 100-unit GRU. On
-    # cartpole from state it learned at least as fast as `cpu` (RESULTS.md) at
-    # 0.35-0.45 of the time per gradient step, whose cost is mostly the
-    # imagination's GRU and dense layers; on walker (24 dims) it fell behind.
     cpu_state=dict(batch_size=16, num_units=100, deter_size=100),
-    # Pixels on a few CPU cores: also half the conv channels and a smaller
-    # batch, a gradient step at half the `cpu` preset's cost.
     cpu_image=dict(batch_size=12, num_units=200, cnn_depth=16),
-    # A whole run with every phase in about a minute on 2 CPU cores (with
-    # render_fast, frames render in under a tenth of the default scene's time).
+    # Every phase of a run (prefill, training, evaluation, logging) in about a minute.
     debug=dict(
         render_fast=True, time_limit=200, prefill=800, train_every=500, train_steps=3, pretrain=3,
         eval_every=2000, log_every=500, batch_size=4, batch_length=10, horizon=5,
@@ -163,13 +116,10 @@ PRESETS = dict(
 CHOICES = dict(
     precision=(16, 32),
     obs=("image", "state"),
-    action_dist=("tanh_normal", "trunc_normal", "onehot"),
+    action_dist=("tanh_normal", "trunc_normal", "onehot"),  # trunc_normal: not the paper's.
     expl=("additive_gaussian", "epsilon_greedy", "completely_random", "none"),
     clip_rewards=("none", "tanh"),
 )
-
-
-# Configuration.
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -210,10 +160,8 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     explicit = vars(parser.parse_args(argv))
     summary = explicit.pop("summary")
     presets = [PRESETS[name] for name in explicit.pop("configs")]
-    task = explicit.get("task") or next(
-        (p["task"] for p in reversed(presets) if "task" in p), DEFAULTS["task"])
-    suite = SUITES.get(task.split("_", 1)[0], {})
-    config = {**DEFAULTS, **suite}
+    task = explicit.get("task", DEFAULTS["task"])
+    config = {**DEFAULTS, **SUITES.get(task.split("_", 1)[0], {})}
     for preset in presets:
         config.update(preset)
     config.update(explicit)
@@ -228,15 +176,17 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_values(config: argparse.Namespace) -> None:
-    if config.devices < 0:
-        raise ValueError(f"--devices must be 0 (all visible) or positive, got {config.devices}")
     positive = ("steps", "envs", "action_repeat", "time_limit", "batch_size",
-                "batch_length", "horizon", "imag_stride", "deter_size", "stoch_size", "num_units",
+                "batch_length", "horizon", "deter_size", "stoch_size", "num_units",
                 "cnn_depth", "train_every", "eval_every", "eval_episodes", "log_every",
-                "decoder_std", "shadow_size")
+                "decoder_std")
     for key in positive:
         if getattr(config, key) <= 0:
             raise ValueError(f"--{key} must be positive, got {getattr(config, key)}")
+    for key in ("devices", "shadow_size"):
+        if getattr(config, key) < 0:
+            raise ValueError(f"--{key} must be 0 (the default) or positive, "
+                             f"got {getattr(config, key)}")
     if config.state_symlog and config.obs != "state":
         raise ValueError("--state_symlog applies to state vectors; add --obs state or drop it")
     if config.batch_length < 2:
@@ -246,6 +196,259 @@ def check_values(config: argparse.Namespace) -> None:
 
 
 # The agent.
+
+
+class Dreamer:
+    """World model, actor and value model (PAPER), and the policy acting with
+    them. With a multi-device `strategy` the variables are mirrored and each
+    train step splits the batch across the replicas (see `distribute`)."""
+
+    def __init__(self, config: argparse.Namespace, obs_space: dict, act_space: dict,
+                 strategy: tf.distribute.Strategy | None = None):
+        self.config = c = config
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self._key, self._act_space = c.obs, act_space  # Pixels (the paper) or --obs state.
+        size = act_space["shape"][0]
+        with self.strategy.scope():
+            self._make_models(obs_space[self._key][0], size)
+            self._build(obs_space, size)
+            world = [self.encoder, self.rssm, self.decoder, self.reward] + (
+                [self.pcont] if self.pcont else [])
+            self.model_opt = Optimizer("model", world, c.model_lr, c.adam_eps, c.grad_clip)
+            self.value_opt = Optimizer("value", [self.value], c.value_lr, c.adam_eps, c.grad_clip)
+            self.actor_opt = Optimizer("actor", [self.actor], c.actor_lr, c.adam_eps, c.grad_clip)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        parts = dict(encoder=self.encoder, rssm=self.rssm, decoder=self.decoder,
+                     reward=self.reward, value=self.value, actor=self.actor)
+        if self.pcont:
+            parts["pcont"] = self.pcont
+        self.checkpoint = tf.train.Checkpoint(
+            **parts, model_opt=self.model_opt.adam, value_opt=self.value_opt.adam,
+            actor_opt=self.actor_opt.adam, step=self.step)
+        # No autograph: the steps branch on the config only, never on a tensor.
+        self.train = tf.function(self._train_step, jit_compile=c.jit, autograph=False)
+        self.open_loop = tf.function(functools.partial(open_loop_video, self), autograph=False)
+        self._policy = tf.function(self._policy_step, jit_compile=c.jit_policy,
+                                   reduce_retracing=True, autograph=False)
+
+    def _make_models(self, shape: tuple, size: int) -> None:
+        c = self.config
+        self.rssm = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act)
+        if self._key == "image":
+            self.encoder = models.ConvEncoder(c.cnn_depth, c.cnn_act)
+            self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act, shape, c.decoder_std)
+        else:
+            self.encoder = models.DenseEncoder(3, c.num_units, c.dense_act, c.state_symlog)
+            self.decoder = models.DenseHead(shape, 3, c.num_units, c.dense_act,
+                                            std=c.decoder_std, name="decoder")
+        head = functools.partial(models.DenseHead, (), units=c.num_units, act=c.dense_act)
+        self.reward = head(layers=c.reward_layers, name="reward")
+        self.pcont = head(layers=3, dist="binary", name="pcont") if c.pcont else None
+        self.value = head(layers=c.value_layers, name="value")
+        self.actor = models.Actor(size, c.actor_layers, c.num_units, c.dense_act, c.action_dist,
+                                  c.action_init_std, c.action_min_std, c.action_mean_scale)
+
+    def _build(self, obs_space: dict, size: int) -> None:
+        """Creates every variable up front, so optimizers and checkpoints see them."""
+        shape, dtype = obs_space[self._key]
+        obs = tf.zeros((1, 1) + tuple(shape), dtype)
+        post, _ = self.rssm.observe(self.encoder(obs), tf.zeros((1, 1, size)))
+        feat = self.rssm.get_feat(post)
+        for head in (self.decoder, self.reward, self.value, self.actor, self.pcont):
+            if head is not None:
+                head(feat)
+
+    # Learning (PAPER: the world model, then behavior in imagination).
+
+    def _train_step(self, data: dict) -> dict:
+        """One gradient step of all three optimizers on a batch; metrics are
+        averaged over the replicas."""
+        metrics = self.strategy.run(self._train, args=(data,))
+        return {k: self.strategy.reduce("mean", v, axis=None) for k, v in metrics.items()}
+
+    def _train(self, data: dict) -> dict:
+        with tf.GradientTape() as model_tape:
+            post, feat, model_loss, metrics = self.world_model_loss(data)
+        with tf.GradientTape() as actor_tape:
+            imag_feat = self.imagine_ahead(post)
+            # One pass of the value model serves both losses: the actor's
+            # gradient flows through it into imag_feat, the value loss's into
+            # the value model's weights (its tape starts at imag_feat).
+            with tf.GradientTape() as value_tape:
+                actor_loss, value_loss, behavior = self.behavior_losses(imag_feat)
+        metrics.update(behavior)
+        metrics.update(self.model_opt(model_tape, model_loss))
+        metrics.update(self.actor_opt(actor_tape, actor_loss))
+        metrics.update(self.value_opt(value_tape, value_loss))
+        if self.config.action_dist != "onehot":  # Tanh-Normal actors can saturate at +-1.
+            saturated = tf.abs(self.actor(tf.stop_gradient(feat)).sample()) > 0.99
+            metrics["action_saturation"] = tf.reduce_mean(tf.cast(saturated, tf.float32))
+        return metrics
+
+    def world_model_loss(self, data: dict):
+        """kl_scale * max(free_nats, KL(posterior || prior)) minus the
+        log-likelihoods of observation, reward and discount (PAPER: world-model
+        loss). Returns the posterior, its features, the loss and metrics."""
+        c = self.config
+        post, prior = self.rssm.observe(self.encoder(data[self._key]), data["action"])
+        feat = self.rssm.get_feat(post)
+        reward = tf.tanh(data["reward"]) if c.clip_rewards == "tanh" else data["reward"]
+        likes = {self._key: self.decoder(feat).log_prob(self.decoder_target(data)),
+                 "reward": self.reward(feat).log_prob(reward)}
+        if self.pcont:
+            likes["pcont"] = c.pcont_scale * self.pcont(feat).log_prob(
+                c.discount * data["discount"])
+        likes = {k: tf.reduce_mean(v) for k, v in likes.items()}
+        div = self.rssm.kl_divergence(post, prior)
+        loss = c.kl_scale * tf.maximum(div, c.free_nats) - sum(likes.values())
+        metrics = dict(model_loss=loss, div=div,
+                       prior_ent=tf.reduce_mean(self.rssm.get_dist(prior).entropy()),
+                       post_ent=tf.reduce_mean(self.rssm.get_dist(post).entropy()),
+                       **{f"{k}_loss": -v for k, v in likes.items()})
+        return post, feat, loss, metrics
+
+    def decoder_target(self, data: dict):
+        """What the decoder reconstructs: the observation as the encoder sees it."""
+        if self._key == "image":
+            return models.preprocess(data["image"])
+        if self.config.state_symlog:
+            return models.symlog(tf.cast(data["state"], tf.float32))
+        return data["state"]
+
+    def imagine_ahead(self, post: dict):
+        """H prior steps from every posterior state, with actions sampled from
+        the actor (PAPER: imagination). Returns the imagined features,
+        time-major (H, B * T, feat)."""
+        stop = -1 if self.pcont else None  # The last step could be terminal.
+        start = {k: tf.stop_gradient(tf.reshape(v[:, :stop], [-1, v.shape[-1]]))
+                 for k, v in post.items()}
+
+        def step(prev, _):
+            action = self.actor(tf.stop_gradient(self.rssm.get_feat(prev))).sample()
+            return self.rssm.img_step(prev, action)
+
+        states = tools.static_scan(step, tf.range(self.config.horizon), start)
+        return self.rssm.get_feat(states)
+
+    def behavior_losses(self, imag_feat):
+        """Actor loss -mean(w * V_lambda), backpropagated through the imagined
+        trajectories; value loss: the value model's log-likelihood of the
+        stop-gradient V_lambda (PAPER: behavior learning)."""
+        value = self.value(imag_feat)
+        returns, weights = self.imagined_returns(imag_feat, value.mode())
+        actor_loss = -tf.reduce_mean(weights * returns)
+        value = value[:-1]  # The states that returns start from.
+        value_loss = -tf.reduce_mean(weights * value.log_prob(tf.stop_gradient(returns)))
+        return actor_loss, value_loss, dict(
+            actor_loss=actor_loss, value_loss=value_loss, imag_return=tf.reduce_mean(returns),
+            imag_value=tf.reduce_mean(value.mean()))
+
+    def imagined_returns(self, imag_feat, value):
+        """Lambda-returns of imagined trajectories, given the value of their
+        states, and the weights w_t: the stop-gradient cumulative product of
+        discounts (time-major, H - 1)."""
+        c = self.config
+        reward = self.reward(imag_feat).mode()
+        if self.pcont:
+            pcont = self.pcont(imag_feat).mean()
+        else:
+            pcont = c.discount * tf.ones_like(reward)
+        returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1],
+                                      c.disclam)
+        weights = tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0)
+        return returns, tf.stop_gradient(weights)
+
+    def distribute(self, batch: dict):
+        """A batch of numpy arrays as the train step takes it: split across
+        the replicas when there are several; each worker of a multi-worker run
+        feeds its own replicas from its own replay."""
+        if self.strategy.num_replicas_in_sync == 1:
+            return to_tensors(batch)
+        size = self.config.batch_size // self.strategy.num_replicas_in_sync
+        local = len(self.strategy.extended.worker_devices)
+
+        def split(context):
+            start = size * (context.replica_id_in_sync_group % local)
+            return to_tensors({k: v[start:start + size] for k, v in batch.items()})
+
+        return self.strategy.experimental_distribute_values_from_function(split)
+
+    # Acting.
+
+    def policy(self, obs: dict, state, reset: np.ndarray, training: bool, step: int):
+        """Actions for a batch of environments, sampled and explored in
+        training, the actor's mode in evaluation; the latent state is zeroed
+        where an episode restarts. Returns numpy actions and the new state."""
+        if state is None:
+            latent = self.rssm.initial(len(reset))
+            state = (latent, tf.zeros((len(reset),) + self._act_space["shape"]))
+        c = self.config
+        amount = tools.schedule(step, c.expl_amount, c.expl_decay, c.expl_min)
+        action, latent = self._policy(tf.constant(obs[self._key]), state[0], state[1],
+                                      tf.constant(reset, tf.float32), training,
+                                      tf.constant(amount, tf.float32))
+        return action.numpy(), (latent, action)
+
+    def _policy_step(self, obs, latent, action, reset, training: bool, amount):
+        mask = 1.0 - reset[:, None]
+        latent = {k: v * mask for k, v in latent.items()}
+        latent, _ = self.rssm.obs_step(latent, action * mask, self.encoder(obs))
+        dist = self.actor(self.rssm.get_feat(latent))
+        if not training:
+            return dist.mode(), latent
+        return explore(dist.sample(), amount, self.config.expl, self._act_space), latent
+
+
+def explore(action, amount, kind: str, act_space: dict):
+    """Exploration noise of the training policy (PAPER: additive Gaussian for
+    continuous actions, epsilon-greedy for discrete ones)."""
+    batch, size = tf.shape(action)[0], action.shape[-1]
+    if kind == "additive_gaussian":
+        return tf.clip_by_value(action + amount * tf.random.normal(tf.shape(action)), -1, 1)
+    if kind == "epsilon_greedy":
+        pick = tf.random.uniform([batch]) < amount
+        return tf.where(pick[:, None], random_actions(batch, size, True), action)
+    if kind == "completely_random":
+        return random_actions(batch, size, act_space["discrete"])
+    return action
+
+
+def random_actions(batch, size: int, discrete: bool):
+    if discrete:
+        return tf.one_hot(tf.random.uniform([batch], 0, size, tf.int32), size)
+    return tf.random.uniform([batch, size], -1, 1)
+
+
+def to_tensors(batch: dict) -> dict:
+    return {k: tf.convert_to_tensor(v) for k, v in batch.items()}
+
+
+def open_loop_video(agent: Dreamer, data: dict, context: int = 5, sequences: int = 6):
+    """Video of multi-step predictions (PAPER, figure of video predictions):
+    the posterior sees `context` frames, then the prior imagines the rest
+    from the recorded actions alone. Rows: truth, model, error shown as
+    (model - truth + 1) / 2; sequences side by side. Returns uint8
+    (time, 3 * height, sequences * width, channels)."""
+    data = {k: v[:sequences] for k, v in data.items()}
+    post_feat, prior_feat = open_loop_feat(agent, data, context)
+    model = tf.concat([agent.decoder(post_feat).mode(), agent.decoder(prior_feat).mode()], 1)
+    model += 0.5
+    truth = models.preprocess(data["image"]) + 0.5
+    video = tf.concat([truth, model, (model - truth + 1) / 2], 2)
+    video = tf.transpose(video, [1, 2, 0, 3, 4])  # time, rows, sequences, width, c
+    shape = tf.shape(video)
+    video = tf.reshape(video, [shape[0], shape[1], shape[2] * shape[3], shape[4]])
+    return tf.cast(tf.clip_by_value(video, 0, 1) * 255, tf.uint8)
+
+
+def open_loop_feat(agent: Dreamer, data: dict, context: int):
+    """Features of the posterior over the first `context` steps and of the
+    prior that imagines the rest from the recorded actions alone."""
+    post, _ = agent.rssm.observe(agent.encoder(data[agent.config.obs][:, :context]),
+                                 data["action"][:, :context])
+    last = {k: v[:, -1] for k, v in post.items()}
+    prior = agent.rssm.imagine(data["action"][:, context:], last)
+    return agent.rssm.get_feat(post), agent.rssm.get_feat(prior)
 
 
 class Optimizer:
@@ -310,295 +513,6 @@ class Optimizer:
         self._finite_steps.assign(tf.where(finite & ~grow, self._finite_steps + 1, 0))
         factor = tf.where(grow, 2.0, tf.where(finite, 1.0, 0.5))
         self.scale.assign(self.scale * factor)
-
-
-class Dreamer:
-    """The agent. With a multi-device `strategy` its variables are mirrored
-    and each train step splits the batch across the replicas."""
-
-    def __init__(self, config: argparse.Namespace, obs_space: dict, act_space: dict,
-                 strategy: tf.distribute.Strategy | None = None):
-        self.strategy = strategy or tf.distribute.get_strategy()
-        with self.strategy.scope():
-            self._init(config, obs_space, act_space)
-
-    def _init(self, config: argparse.Namespace, obs_space: dict, act_space: dict) -> None:
-        self.config = c = config
-        self._act_space = act_space
-        size = act_space["shape"][0]
-        self.rssm = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act)
-        # Pixels (the paper) or the proprioceptive vector (--obs state).
-        self._key = c.obs
-        shape = obs_space[self._key][0]
-        if self._key == "image":
-            self.encoder = models.ConvEncoder(c.cnn_depth, c.cnn_act)
-            self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act, shape, c.decoder_std)
-        else:
-            self.encoder = models.DenseEncoder(3, c.num_units, c.dense_act, c.state_symlog)
-            self.decoder = models.DenseHead(shape, 3, c.num_units, c.dense_act,
-                                            std=c.decoder_std, name="decoder")
-        self.reward = models.DenseHead((), c.reward_layers, c.num_units, c.dense_act,
-                                       name="reward")
-        self.pcont = models.DenseHead((), 3, c.num_units, c.dense_act, dist="binary",
-                                      name="pcont") if c.pcont else None
-        self.value = models.DenseHead((), c.value_layers, c.num_units, c.dense_act,
-                                      name="value")
-        self.actor = models.Actor(size, c.actor_layers, c.num_units, c.dense_act, c.action_dist,
-                                  c.action_init_std, c.action_min_std, c.action_mean_scale)
-        self._build(obs_space, size)
-        world = [self.encoder, self.rssm, self.decoder, self.reward] + (
-            [self.pcont] if self.pcont else [])
-        self.model_opt = Optimizer("model", world, c.model_lr, c.adam_eps, c.grad_clip)
-        self.value_opt = Optimizer("value", [self.value], c.value_lr, c.adam_eps, c.grad_clip)
-        self.actor_opt = Optimizer("actor", [self.actor], c.actor_lr, c.adam_eps, c.grad_clip)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
-        modules = dict(encoder=self.encoder, rssm=self.rssm, decoder=self.decoder,
-                       reward=self.reward, value=self.value, actor=self.actor)
-        if self.pcont:
-            modules["pcont"] = self.pcont
-        self.checkpoint = tf.train.Checkpoint(
-            **modules, model_opt=self.model_opt.adam, value_opt=self.value_opt.adam,
-            actor_opt=self.actor_opt.adam, step=self.step)
-        # No autograph: the steps branch on the config only, never on a
-        # tensor, and converting their source took 2-4 s of each train trace.
-        self.train = tf.function(self._train_step, jit_compile=c.jit, autograph=False)
-        self.open_loop = tf.function(self._open_loop, autograph=False)
-        self._policy = tf.function(self._policy_step, jit_compile=c.jit_policy,
-                                   reduce_retracing=True, autograph=False)
-        self._policy_fns = {}
-
-    def _build(self, obs_space: dict, size: int) -> None:
-        """Creates every variable up front, so optimizers and checkpoints see them."""
-        shape, dtype = obs_space[self._key]
-        obs = tf.zeros((1, 1) + tuple(shape), dtype)
-        post, _ = self.rssm.observe(self.encoder(obs), tf.zeros((1, 1, size)))
-        feat = self.rssm.get_feat(post)
-        for head in (self.decoder, self.reward, self.value, self.actor, self.pcont):
-            if head is not None:
-                head(feat)
-
-    # Learning (PAPER: world model, then behavior in imagination).
-
-    def _train_step(self, data: dict) -> dict:
-        """One gradient step on a batch, distributed by `distribute` when the
-        strategy has several replicas; metrics are averaged over them."""
-        metrics = self.strategy.run(self._train, args=(data,))
-        return {k: self.strategy.reduce("mean", v, axis=None) for k, v in metrics.items()}
-
-    def distribute(self, batch: dict):
-        """One batch of numpy arrays as the train step takes it: split across
-        the replicas when there are several. Every worker of a multi-worker
-        run samples its own replay and feeds its own replicas from it."""
-        if self.strategy.num_replicas_in_sync == 1:
-            return to_tensors(batch)
-        size = self.config.batch_size // self.strategy.num_replicas_in_sync
-        local = len(self.strategy.extended.worker_devices)
-
-        def split(context):
-            start = size * (context.replica_id_in_sync_group % local)
-            return to_tensors({k: v[start:start + size] for k, v in batch.items()})
-
-        return self.strategy.experimental_distribute_values_from_function(split)
-
-    def _train(self, data: dict) -> dict:
-        c = self.config
-        reward = tf.tanh(data["reward"]) if c.clip_rewards == "tanh" else data["reward"]
-        with tf.GradientTape() as model_tape:
-            embed = self.encoder(data[self._key])
-            post, prior = self.rssm.observe(embed, data["action"])
-            feat = self.rssm.get_feat(post)
-            likes = {self._key: self.decoder(feat).log_prob(self._target(data)),
-                     "reward": self.reward(feat).log_prob(reward)}
-            if self.pcont:
-                target = c.discount * data["discount"]
-                likes["pcont"] = c.pcont_scale * self.pcont(feat).log_prob(target)
-            likes = {k: tf.reduce_mean(v) for k, v in likes.items()}
-            div, div_loss = self.rssm.kl_loss(post, prior, c.free_nats, c.prior_grad)
-            model_loss = c.kl_scale * div_loss - sum(likes.values())
-        with tf.GradientTape() as actor_tape:
-            imag_feat, logp = self.imagine_ahead(post)
-            # One pass of the value model serves both losses: the actor's
-            # gradient flows through it into imag_feat, the value loss's into
-            # the value model's weights (its tape starts at imag_feat).
-            with tf.GradientTape() as value_tape:
-                value_pred = self.value(imag_feat)
-                returns, weights = self.imagined_returns(imag_feat, value_pred.mode())
-                entropy = -logp[:-1]  # Of the actions in the states that returns start from.
-                actor_loss = -tf.reduce_mean(weights * (returns + c.actor_ent * entropy))
-                value_pred = value_pred[:-1]  # The states that returns start from.
-                target = tf.stop_gradient(returns)
-                value_loss = -tf.reduce_mean(weights * value_pred.log_prob(target))
-        metrics = dict(model_loss=model_loss, div=div, actor_loss=actor_loss,
-                       value_loss=value_loss,
-                       prior_ent=tf.reduce_mean(self.rssm.get_dist(prior).entropy()),
-                       post_ent=tf.reduce_mean(self.rssm.get_dist(post).entropy()),
-                       imag_value=tf.reduce_mean(value_pred.mean()),
-                       actor_ent=tf.reduce_mean(entropy),
-                       imag_return=tf.reduce_mean(returns))
-        metrics.update({f"{k}_loss": -v for k, v in likes.items()})
-        metrics.update(self.model_opt(model_tape, model_loss))
-        metrics.update(self.actor_opt(actor_tape, actor_loss))
-        metrics.update(self.value_opt(value_tape, value_loss))
-        metrics.update(self._actor_stats(feat))
-        return metrics
-
-    def _target(self, data: dict):
-        """What the decoder reconstructs: the observation as the encoder sees it."""
-        if self._key == "image":
-            return models.preprocess(data["image"])
-        if self.config.state_symlog:
-            return models.symlog(tf.cast(data["state"], tf.float32))
-        return data["state"]
-
-    def imagine_ahead(self, post: dict):
-        """H prior steps from every imag_stride-th posterior state (every
-        one in the paper), actions from the actor; returns imagined features,
-        time-major (H, N, feat), and the log-probability of each action under
-        the actor (H, N), N = B * ceil(T / imag_stride)."""
-        stop = -1 if self.pcont else None  # The last step could be terminal.
-        post = {k: v[:, :stop:self.config.imag_stride] for k, v in post.items()}
-        start = {k: tf.stop_gradient(tf.reshape(v, [-1, v.shape[-1]]))
-                 for k, v in post.items()}
-
-        def step(prev, _):
-            dist = self.actor(tf.stop_gradient(self.rssm.get_feat(prev[0])))
-            action = dist.sample()
-            return self.rssm.img_step(prev[0], action), dist.log_prob(action)
-
-        logp = tf.zeros(tf.shape(start["deter"])[:1])
-        states, logp = tools.static_scan(step, tf.range(self.config.horizon), (start, logp))
-        return self.rssm.get_feat(states), logp
-
-    def imagined_returns(self, imag_feat, value):
-        """Lambda-returns of an imagined trajectory, given the value model's
-        predictions of its states, and the weights w_t: the stop-gradient
-        cumulative product of discounts (time-major, H - 1)."""
-        c = self.config
-        reward = self.reward(imag_feat).mode()
-        if self.pcont:
-            pcont = self.pcont(imag_feat).mean()
-        else:
-            pcont = c.discount * tf.ones_like(reward)
-        returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1],
-                                      c.disclam)
-        weights = tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0)
-        return returns, tf.stop_gradient(weights)
-
-    def _open_loop(self, data: dict, context: int = 5, sequences: int = 6):
-        """Video of multi-step predictions (PAPER, figure of video predictions):
-        the posterior sees `context` frames, then the prior imagines the rest
-        from the recorded actions alone. Rows: truth, model, error shown as
-        (model - truth + 1) / 2; sequences side by side. Returns uint8
-        (time, 3 * height, sequences * width, channels)."""
-        data = {k: v[:sequences] for k, v in data.items()}
-        post_feat, prior_feat = self.open_loop_feat(data, context)
-        recon = self.decoder(post_feat).mode()
-        openl = self.decoder(prior_feat).mode()
-        model = tf.concat([recon, openl], 1) + 0.5
-        truth = models.preprocess(data["image"]) + 0.5
-        video = tf.concat([truth, model, (model - truth + 1) / 2], 2)
-        video = tf.transpose(video, [1, 2, 0, 3, 4])  # time, rows, sequences, width, c
-        shape = tf.shape(video)
-        video = tf.reshape(video, [shape[0], shape[1], shape[2] * shape[3], shape[4]])
-        return tf.cast(tf.clip_by_value(video, 0, 1) * 255, tf.uint8)
-
-    def open_loop_feat(self, data: dict, context: int):
-        """Features of the posterior over the first `context` steps and of the
-        prior that imagines the rest from the recorded actions alone."""
-        post, _ = self.rssm.observe(self.encoder(data[self._key][:, :context]),
-                                    data["action"][:, :context])
-        last = {k: v[:, -1] for k, v in post.items()}
-        prior = self.rssm.imagine(data["action"][:, context:], last)
-        return self.rssm.get_feat(post), self.rssm.get_feat(prior)
-
-    def _actor_stats(self, feat) -> dict:
-        if self.config.action_dist == "onehot":
-            return {}
-        saturated = tf.abs(self.actor(tf.stop_gradient(feat)).sample()) > 0.99
-        return dict(action_saturation=tf.reduce_mean(tf.cast(saturated, tf.float32)))
-
-    # Acting.
-
-    def policy(self, obs: dict, state, reset: np.ndarray, training: bool, step: int):
-        """Batched over environments; the latent state is zeroed where an
-        episode restarts. Returns numpy actions and the new state."""
-        if state is None:
-            latent = self.rssm.initial(len(reset))
-            state = (latent, tf.zeros((len(reset),) + self._act_space["shape"]))
-        amount = self.exploration(step) if training else 0.0
-        inputs = (tf.constant(obs[self._key]), state[0], state[1],
-                  tf.constant(reset, tf.float32), tf.constant(amount, tf.float32))
-        action, latent = self._call_policy(inputs, training)
-        return action.numpy(), (latent, action)
-
-    def _call_policy(self, inputs: tuple, training: bool):
-        """Runs the traced policy step for inputs of these shapes and this mode,
-        traced once and then called on its flat inputs. Both tf.function's
-        dispatch and a concrete function's binding of structured arguments
-        cost a large part of a batch-1 step on a CPU (benchmarks/RESULTS.md)."""
-        key = (tuple(inputs[0].shape), training)
-        if key not in self._policy_fns:
-            obs, latent, action, reset, amount = inputs
-            self._policy_fns[key] = self._policy.get_concrete_function(
-                obs, latent, action, reset, training, amount)
-        step = self._policy_fns[key]
-        # Dicts flatten in sorted key order, as the traced signature does.
-        return step.inference_fn.call_preflattened(
-            tf.nest.flatten(inputs) + step.captured_inputs)
-
-    def _policy_step(self, obs, latent, action, reset, training, amount):
-        # Acting at batch 1 is bound by per-op overhead, not arithmetic: in
-        # float32 it skips the casts of every weight that mixed precision adds.
-        with float32_compute(self.encoder, self.rssm, self.actor):
-            mask = 1.0 - reset[:, None]
-            latent = {k: v * mask for k, v in latent.items()}
-            latent, _ = self.rssm.obs_step(latent, action * mask, self.encoder(obs))
-            dist = self.actor(self.rssm.get_feat(latent))
-            action = dist.sample() if training else dist.mode()
-            return self.explore(action, amount), latent
-
-    def exploration(self, step: int) -> float:
-        c = self.config
-        return tools.schedule(step, c.expl_amount, c.expl_decay, c.expl_min)
-
-    def explore(self, action, amount):
-        expl = self.config.expl
-        if expl == "additive_gaussian":
-            return tf.clip_by_value(action + amount * tf.random.normal(tf.shape(action)),
-                                    -1, 1)
-        if expl == "epsilon_greedy":
-            random_action = random_actions(tf.shape(action)[0], action.shape[-1], True)
-            pick = tf.random.uniform(tf.shape(action)[:1]) < amount
-            return tf.where(pick[:, None], random_action, action)
-        if expl == "completely_random":
-            return random_actions(tf.shape(action)[0], action.shape[-1],
-                                  self._act_space["discrete"])
-        return action
-
-
-def to_tensors(batch: dict) -> dict:
-    return {k: tf.convert_to_tensor(v) for k, v in batch.items()}
-
-
-@contextlib.contextmanager
-def float32_compute(*layers: keras.layers.Layer):
-    """The layers and all their sublayers compute in float32 inside the block
-    (while it is traced); their variables are float32 in any case."""
-    saved = [(layer, layer.dtype_policy) for part in layers
-             for layer in part._flatten_layers()]
-    for layer, _ in saved:
-        layer.dtype_policy = "float32"
-    try:
-        yield
-    finally:
-        for layer, policy in saved:
-            layer.dtype_policy = policy
-
-
-def random_actions(batch, size: int, discrete: bool):
-    if discrete:
-        return tf.one_hot(tf.random.uniform([batch], 0, size, tf.int32), size)
-    return tf.random.uniform([batch, size], -1, 1)
 
 
 # Collecting experience.
@@ -678,7 +592,215 @@ class Driver:
                 "discount": np.float32(discount)}
 
 
-# The run.
+# The run (PAPER, algorithm 1): prefill, then alternate collecting
+# train_every env steps and train_steps gradient steps; evaluate every
+# eval_every env steps.
+
+
+def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list,
+        strategy: tf.distribute.Strategy | None = None) -> None:
+    loop = Loop(config, logdir, train_envs, test_envs)
+    if loop.step < config.prefill:
+        loop.prefill()
+    agent = Dreamer(config, train_envs[0].obs_space, train_envs[0].act_space, strategy)
+    loop.start(agent)
+    while True:
+        if loop.should_eval(loop.step) or loop.step >= config.steps:
+            loop.evaluate()
+        if loop.step >= config.steps:
+            break
+        loop.collect(config.train_every)
+        loop.train(config.train_steps)
+        if loop.should_log(loop.step):
+            loop.log()
+    loop.progress.close()
+    print(f"Done: {loop.step} env steps in {logdir}.")
+
+
+class Loop:
+    """The state of a run: its step in env frames, replay, logger, env
+    drivers and agent. It resumes from what the logdir holds."""
+
+    def __init__(self, config, logdir: pathlib.Path, train_envs: list, test_envs: list):
+        self.config, self.logdir = config, logdir
+        self.logger = tools.Logger(logdir)
+        self.replay = tools.Replay(logdir / "episodes", config.replay_cache, config.seed)
+        stored = self.replay.steps * config.action_repeat
+        records = tools.read_metrics(logdir)
+        # Frames of episodes a killed run left unfinished still count: the
+        # step never goes back behind what was logged.
+        self.step = max([stored] + [m["step"] for m in records])
+        print(f"Logdir {logdir}: {self.replay.episodes} episodes, {stored} env steps stored.")
+        self.progress = tools.progress_bar(config.steps, self.step)
+        # Wall-clock seconds, counted on across resumes.
+        self._start = time.time() - max((m.get("wall_time", 0.0) for m in records), default=0.0)
+        self.train_driver = Driver(train_envs, self._on_train_episode,
+                                   lambda n: self.progress.update(n * config.action_repeat))
+        self.test_driver = Driver(test_envs, self._on_test_episode)
+        self.obs_space, self.act_space = train_envs[0].obs_space, train_envs[0].act_space
+        self.checkpoints = logdir / "checkpoint"
+        self._filmed = set()  # Steps whose evaluation has its first episode on video.
+        self._nonfinite = 0  # Train steps skipped in a row.
+        self._last_log = (time.time(), self.step)
+
+    def _on_train_episode(self, episode: dict) -> None:
+        self.replay.add(tools.save_episode(self.logdir / "episodes", episode), episode)
+        self.logger.scalar("train/return", episode["reward"].sum())
+        self.logger.scalar("train/length", (len(episode["reward"]) - 1) * self.config.action_repeat)
+
+    def _on_test_episode(self, episode: dict) -> None:
+        self.logger.scalar("test/return", episode["reward"].sum())
+        self.logger.scalar("test/length", (len(episode["reward"]) - 1) * self.config.action_repeat)
+        if self.config.log_videos and "image" in episode and self.step not in self._filmed:
+            self._filmed.add(self.step)
+            self.logger.video(self.step, "test/video", "test", episode["image"])
+
+    def prefill(self) -> None:
+        """Uniform random actions up to `prefill` env steps and at least one
+        finished episode, which training needs."""
+        c, act_space = self.config, self.act_space
+        self.progress.set_description("prefill")
+        print(f"Prefill with random actions to {c.prefill} env steps.")
+        rng = np.random.default_rng(c.seed)
+
+        def random_policy(obs, state, reset):
+            return np.stack([wrappers.random_action(act_space, rng) for _ in reset]), None
+
+        steps = -(-(c.prefill - self.step) // c.action_repeat)
+        self.step += self.train_driver(random_policy, steps) * c.action_repeat
+        while not self.replay.episodes:
+            self.step += self.train_driver(random_policy, 1) * c.action_repeat
+        self.logger.write(self.step)
+
+    def start(self, agent: Dreamer) -> None:
+        """Restores the newest checkpoint, or pretrains a new agent."""
+        c = self.config
+        self.agent = agent
+        spec = {**self.obs_space, "action": (self.act_space["shape"], np.float32),
+                "discount": ((), np.float32)}
+        self.batches = tools.sample_batches(self.replay, spec, c.batch_size, c.batch_length)
+        self.checkpoints.mkdir(exist_ok=True)
+        resumed = restore_checkpoint(agent, self.checkpoints)
+        if resumed:
+            print(f"Resumed from checkpoint at step {int(agent.step.numpy())}.")
+        else:
+            print(f"Pretrain for {c.pretrain} gradient steps.")
+            self.train(c.pretrain)
+        # A resumed run evaluated at its checkpoint already.
+        self.should_eval = tools.Every(c.eval_every, int(agent.step.numpy()) if resumed else None)
+        self.should_log = tools.Every(c.log_every)
+
+    def policy(self, training: bool):
+        return lambda obs, state, reset: self.agent.policy(obs, state, reset, training, self.step)
+
+    def collect(self, frames: int) -> None:
+        self.progress.set_description("collect")
+        frames = min(frames, self.config.steps - self.step)
+        repeat = self.config.action_repeat
+        self.step += self.train_driver(self.policy(True), -(-frames // repeat)) * repeat
+
+    def train(self, steps: int) -> None:
+        """Gradient steps on replayed batches; stops the run after
+        max_nonfinite skipped (non-finite) steps in a row."""
+        self.progress.set_description("train")
+        for _ in range(steps):
+            batch = self.agent.distribute(next(self.batches))
+            metrics = {k: float(v) for k, v in self.agent.train(batch).items()}
+            for name, value in metrics.items():
+                self.logger.scalar(f"train/{name}", value)
+            skipped = any(v for k, v in metrics.items() if k.endswith("_nonfinite"))
+            self._nonfinite = self._nonfinite + 1 if skipped else 0
+            if self._nonfinite >= self.config.max_nonfinite:
+                self.logger.write(self.step)
+                sys.exit(f"dreamer.py: error: {self._nonfinite} train steps in a row had "
+                         "non-finite losses or gradients and were skipped; stopping. The "
+                         f"checkpoints in {self.checkpoints} hold the last good weights.")
+
+    def evaluate(self) -> None:
+        """Episodes with the actor's mode, then a checkpoint."""
+        self.progress.set_description("eval")
+        self.test_driver.reset()
+        self.test_driver(self.policy(False), episodes=self.config.eval_episodes)
+        self.logger.scalar("test/episodes", self.config.eval_episodes)
+        save_checkpoint(self.agent, self.checkpoints, self.step)
+        self.logger.scalar("wall_time", time.time() - self._start)
+        self.logger.write(self.step)
+
+    def log(self) -> None:
+        now, (last_time, last_step) = time.time(), self._last_log
+        self.logger.scalar("fps", (self.step - last_step) / (now - last_time))
+        restarts = self.train_driver.restarts + self.test_driver.restarts
+        self.logger.scalar("env_restarts", restarts)
+        self.logger.scalar("wall_time", time.time() - self._start)
+        if self.config.log_videos and self.config.obs == "image":
+            video = self.agent.open_loop(to_tensors(next(self.batches))).numpy()
+            self.logger.video(self.step, "agent/openl", "openl", video)
+        self._last_log = (now, self.step)
+        self.logger.write(self.step)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(argv)
+    if config.summary:
+        print(summarize(pathlib.Path(config.logdir)))
+        return
+    try:
+        strategy = make_strategy(config)
+    except ValueError as e:
+        print(f"dreamer.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    logdir = prepare_logdir(config)
+    lock = lock_logdir(logdir)  # noqa: F841 (held until exit)
+    tools.remove_temporaries(logdir)  # Left by a killed run; the lock says none is live.
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    tf.random.set_seed(config.seed)
+    config.precision = set_precision(config.precision)  # config.yaml records what runs.
+
+    train_envs = make_envs(config, config.envs, config.seed, train=True)
+    test_envs = make_envs(config, 1, config.seed + 1000, train=False)
+    try:
+        fit_action_space(config, train_envs[0].act_space)
+        tools.atomic_write(logdir / "config.yaml",
+                           yaml.safe_dump({k: getattr(config, k) for k in DEFAULTS},
+                                          sort_keys=False).encode())
+        run(config, logdir, train_envs, test_envs, strategy)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"dreamer.py: error: disk full writing {e.filename or logdir}; the last "
+              "checkpoint and all complete episodes are intact: free space and rerun "
+              "the same command to resume.", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        for env in train_envs + test_envs:
+            env.close()
+    print(summarize(logdir))
+
+
+def summarize(logdir: pathlib.Path) -> str:
+    """Final and best eval return, env steps, wall-clock time, where videos
+    and plots are; draws the plot against the paper's curve."""
+    metrics = tools.read_metrics(logdir)
+    if not metrics:
+        return f"No metrics in {logdir} yet."
+    evals = [(m["step"], m["test/return"]) for m in metrics if "test/return" in m]
+    hours = max((m.get("wall_time", 0) for m in metrics), default=0) / 3600
+    lines = [f"Run {logdir}: {metrics[-1]['step']} env steps, {hours:.2f} h wall-clock."]
+    if evals:
+        best = max(evals, key=lambda e: e[1])
+        lines.append(f"Eval return: final {evals[-1][1]:.1f} (step {evals[-1][0]}), "
+                     f"best {best[1]:.1f} (step {best[0]}), {len(evals)} evaluations.")
+        with contextlib.redirect_stdout(io.StringIO()):
+            plots = plotting.main(["--indir", str(logdir), "--outdir", str(logdir / "plots")])
+        lines.append(f"Plots: {', '.join(str(p) for p in plots)}")
+    videos = logdir / "videos"
+    if videos.exists():
+        lines.append(f"Videos: {videos}/ (test_<step>.gif, openl_<step>.gif)")
+    return "\n".join(lines)
+
+
+# The run's plumbing: logdir, checkpoints, environments, devices, precision.
 
 
 def lock_logdir(logdir: pathlib.Path):
@@ -744,7 +866,7 @@ def env_ctor(config: argparse.Namespace, train: bool) -> functools.partial:
     return functools.partial(
         wrappers.make_env, config.task, config.action_repeat, config.time_limit,
         render_fast=config.render_fast, life_done=config.life_done and train,
-        grayscale=config.grayscale, obs=config.obs, shadow_size=config.shadow_size)
+        grayscale=config.grayscale, obs=config.obs, shadow_size=config.shadow_size or None)
 
 
 def make_envs(config: argparse.Namespace, count: int, seed: int, train: bool) -> list:
@@ -794,10 +916,8 @@ def make_strategy(config: argparse.Namespace) -> tf.distribute.Strategy:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). Where
-    it does not, TensorFlow emulates it: on an AVX2-only AMD EPYC a gradient
-    step of the cpu_image preset took 7.3 s in bfloat16 against 1.9 s in
-    float32."""
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX);
+    elsewhere TensorFlow emulates it, many times slower than float32."""
     try:
         flags = set(pathlib.Path("/proc/cpuinfo").read_text().split())
     except OSError:
@@ -821,182 +941,6 @@ def set_precision(precision: int) -> int:
                   "computing in float32.")
     keras.mixed_precision.set_dtype_policy(policy)
     return 32 if policy == "float32" else 16
-
-
-def main(argv: list[str] | None = None) -> None:
-    config = parse_config(argv)
-    if config.summary:
-        print(summarize(pathlib.Path(config.logdir)))
-        return
-    try:
-        strategy = make_strategy(config)
-    except ValueError as e:
-        print(f"dreamer.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    logdir = prepare_logdir(config)
-    lock = lock_logdir(logdir)  # noqa: F841 (held until exit)
-    tools.remove_temporaries(logdir)  # Left by a killed run; the lock says none is live.
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    tf.random.set_seed(config.seed)
-    config.precision = set_precision(config.precision)  # config.yaml records what runs.
-
-    train_envs = make_envs(config, config.envs, config.seed, train=True)
-    test_envs = make_envs(config, 1, config.seed + 1000, train=False)
-    try:
-        fit_action_space(config, train_envs[0].act_space)
-        tools.atomic_write(logdir / "config.yaml",
-                           yaml.safe_dump({k: getattr(config, k) for k in DEFAULTS},
-                                          sort_keys=False).encode())
-        run(config, logdir, train_envs, test_envs, strategy)
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        print(f"dreamer.py: error: disk full writing {e.filename or logdir}; the last "
-              "checkpoint and all complete episodes are intact: free space and rerun "
-              "the same command to resume.", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        for env in train_envs + test_envs:
-            env.close()
-    print(summarize(logdir))
-
-
-def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list,
-        strategy: tf.distribute.Strategy | None = None) -> None:
-    logger = tools.Logger(logdir)
-    replay = tools.Replay(logdir / "episodes", config.replay_cache, config.seed)
-    stored = replay.steps * config.action_repeat
-    # Frames of episodes a killed run left unfinished still count: the step
-    # never goes back behind what was logged.
-    records = tools.read_metrics(logdir)
-    step = max([stored] + [m["step"] for m in records])
-    print(f"Logdir {logdir}: {replay.episodes} episodes, {stored} env steps stored.")
-    progress = tools.Progress(config.steps, step)
-    wall_time = tools.Stopwatch(max((m.get("wall_time", 0.0) for m in records), default=0.0))
-
-    def on_train_episode(episode):
-        replay.add(tools.save_episode(logdir / "episodes", episode), episode)
-        logger.scalar("train/return", episode["reward"].sum())
-        logger.scalar("train/length", (len(episode["reward"]) - 1) * config.action_repeat)
-
-    filmed = set()  # Steps whose evaluation has its first episode on video.
-
-    def on_test_episode(episode):
-        logger.scalar("test/return", episode["reward"].sum())
-        logger.scalar("test/length", (len(episode["reward"]) - 1) * config.action_repeat)
-        if config.log_videos and "image" in episode and step not in filmed:
-            filmed.add(step)
-            logger.video(step, "test/video", "test", episode["image"])
-
-    act_space = train_envs[0].act_space
-    obs_space = train_envs[0].obs_space
-    train_driver = Driver(train_envs, on_train_episode,
-                          lambda n: progress.update(n * config.action_repeat))
-    test_driver = Driver(test_envs, on_test_episode)
-
-    if step < config.prefill:
-        progress.phase("prefill")
-        print(f"Prefill with random actions to {config.prefill} env steps.")
-        rng = np.random.default_rng(config.seed)
-
-        def random_policy(obs, state, reset):
-            return np.stack([wrappers.random_action(act_space, rng) for _ in reset]), None
-
-        steps = -(-(config.prefill - step) // config.action_repeat)
-        step += train_driver(random_policy, steps) * config.action_repeat
-        while not replay.episodes:  # Training needs one finished episode.
-            step += train_driver(random_policy, 1) * config.action_repeat
-        logger.write(step)
-
-    agent = Dreamer(config, obs_space, act_space, strategy)
-    checkpoints = logdir / "checkpoint"
-    checkpoints.mkdir(exist_ok=True)
-    spec = {**obs_space, "action": (act_space["shape"], np.float32),
-            "discount": ((), np.float32)}
-    batches = tools.sample_batches(replay, spec, config.batch_size, config.batch_length)
-
-    nonfinite = 0
-
-    def train(steps):
-        nonlocal nonfinite
-        progress.phase("train")
-        for _ in range(steps):
-            metrics = {k: float(v) for k, v in agent.train(agent.distribute(next(batches))).items()}
-            for name, value in metrics.items():
-                logger.scalar(f"train/{name}", value)
-            skipped = any(v for k, v in metrics.items() if k.endswith("_nonfinite"))
-            nonfinite = nonfinite + 1 if skipped else 0
-            if nonfinite >= config.max_nonfinite:
-                logger.write(step)
-                sys.exit(f"dreamer.py: error: {nonfinite} train steps in a row had non-finite "
-                         "losses or gradients and were skipped; stopping. The checkpoints in "
-                         f"{checkpoints} hold the last good weights.")
-
-    resumed = restore_checkpoint(agent, checkpoints)
-    if resumed:
-        print(f"Resumed from checkpoint at step {int(agent.step.numpy())}.")
-    else:
-        print(f"Pretrain for {config.pretrain} gradient steps.")
-        train(config.pretrain)
-
-    def policy(training):
-        return lambda obs, state, reset: agent.policy(obs, state, reset, training, step)
-
-    # A resumed run evaluated at its checkpoint already.
-    should_eval = tools.Every(config.eval_every, int(agent.step.numpy()) if resumed else None)
-    should_log = tools.Every(config.log_every)
-    last_time, last_step = time.time(), step
-    while True:
-        if should_eval(step) or step >= config.steps:
-            progress.phase("eval")
-            test_driver.reset()
-            test_driver(policy(False), episodes=config.eval_episodes)
-            logger.scalar("test/episodes", config.eval_episodes)
-            save_checkpoint(agent, checkpoints, step)
-            logger.scalar("wall_time", wall_time())
-            logger.write(step)
-        if step >= config.steps:
-            break
-        progress.phase("collect")
-        frames = min(config.train_every, config.steps - step)
-        step += train_driver(policy(True), -(-frames // config.action_repeat)) * (
-            config.action_repeat)
-        train(config.train_steps)
-        if should_log(step):
-            now = time.time()
-            logger.scalar("fps", (step - last_step) / (now - last_time))
-            logger.scalar("env_restarts", train_driver.restarts + test_driver.restarts)
-            logger.scalar("wall_time", wall_time())
-            if config.log_videos and config.obs == "image":
-                video = agent.open_loop(to_tensors(next(batches))).numpy()
-                logger.video(step, "agent/openl", "openl", video)
-            last_time, last_step = now, step
-            logger.write(step)
-    progress.close()
-    print(f"Done: {step} env steps in {logdir}.")
-
-
-def summarize(logdir: pathlib.Path) -> str:
-    """Final and best eval return, env steps, wall-clock time, where videos
-    and plots are; draws the plot against the paper's curve."""
-    metrics = tools.read_metrics(logdir)
-    if not metrics:
-        return f"No metrics in {logdir} yet."
-    evals = [(m["step"], m["test/return"]) for m in metrics if "test/return" in m]
-    hours = max((m.get("wall_time", 0) for m in metrics), default=0) / 3600
-    lines = [f"Run {logdir}: {metrics[-1]['step']} env steps, {hours:.2f} h wall-clock."]
-    if evals:
-        best = max(evals, key=lambda e: e[1])
-        lines.append(f"Eval return: final {evals[-1][1]:.1f} (step {evals[-1][0]}), "
-                     f"best {best[1]:.1f} (step {best[0]}), {len(evals)} evaluations.")
-        with contextlib.redirect_stdout(io.StringIO()):
-            plots = plotting.main(["--indir", str(logdir), "--outdir", str(logdir / "plots")])
-        lines.append(f"Plots: {', '.join(str(p) for p in plots)}")
-    videos = logdir / "videos"
-    if videos.exists():
-        lines.append(f"Videos: {videos}/ (test_<step>.gif, openl_<step>.gif)")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -98,47 +98,10 @@ class RSSM(keras.layers.Layer):
     def get_dist(self, state: dict) -> tfd.Distribution:
         return tfd.Independent(tfd.Normal(state["mean"], state["std"]), 1)
 
-    def kl_loss(self, post: dict, prior: dict, free_nats: float, prior_grad: bool = False):
-        """Mean KL(post || prior) over batch and time, and its value clipped
-        from below at free_nats (the part that enters the loss). Below
-        free_nats neither side gets a gradient (PAPER); with `prior_grad` the
-        prior still learns to predict the posterior there, while the posterior
-        stays free. Low-dimensional observations need fewer nats than
-        free_nats, so without it their prior is never trained."""
-        kl = lambda p, q: tf.reduce_mean(tfd.kl_divergence(self.get_dist(p), self.get_dist(q)))
-        div = kl(post, prior)
-        if not prior_grad:
-            return div, tf.maximum(div, free_nats)
-        prior_div = kl(tf.nest.map_structure(tf.stop_gradient, post), prior)
-        below = free_nats + prior_div - tf.stop_gradient(prior_div)  # Value free_nats.
-        return div, tf.where(div > free_nats, div, below)
-
-
-class KernelOp:
-    """call() of a Keras conv layer through its own op(x, kernel, stride),
-    with the bias and activation that Keras would add."""
-
-    def call(self, x):
-        y = self.op(x, tf.cast(self.kernel, x.dtype), self.strides[0])
-        return self.activation(y + tf.cast(self.bias, x.dtype))
-
-
-def with_gradient(forward, backward):
-    """forward(x, kernel) with the gradient backward(x, kernel, dy) -> (dx,
-    dkernel). Its ops are named as the tape names gradient ops (it leaves a
-    custom gradient's unscoped), so that profiles count them as the layer's
-    backward pass."""
-    scope = f"gradient_tape/{tf.get_current_name_scope()}/"
-
-    @tf.custom_gradient
-    def op(x, kernel):
-        def grad(dy):
-            with tf.name_scope(scope):
-                return backward(x, kernel, dy)
-
-        return forward(x, kernel), grad
-
-    return op
+    def kl_divergence(self, post: dict, prior: dict):
+        """KL(posterior || prior), summed over the latent dims, averaged over
+        batch and time."""
+        return tf.reduce_mean(tfd.kl_divergence(self.get_dist(post), self.get_dist(prior)))
 
 
 class ConvEncoder(keras.layers.Layer):
@@ -146,8 +109,7 @@ class ConvEncoder(keras.layers.Layer):
 
     def __init__(self, depth: int = 32, act="relu"):
         super().__init__()
-        self.convs = [keras.layers.Conv2D(m * depth, 4, 2, activation=act) for m in (1, 2, 4)]
-        self.convs.append(PatchGradConv(8 * depth, 4, 2, activation=act))
+        self.convs = [keras.layers.Conv2D(m * depth, 4, 2, activation=act) for m in (1, 2, 4, 8)]
 
     def call(self, image):
         x = preprocess(image, self.compute_dtype)
@@ -156,36 +118,6 @@ class ConvEncoder(keras.layers.Layer):
         for conv in self.convs:
             x = conv(x)
         return tf.reshape(x, tf.concat([shape[:-3], [np.prod(x.shape[1:])]], 0))
-
-
-def conv2d_patch_grad(x, kernel, stride: int):
-    """tf.nn.conv2d(x, kernel, stride, 'VALID') with the filter gradient
-    patches^T dy: a patch is flattened (row, column, channel), as the
-    kernel's first three axes."""
-    size, _, channels, filters = kernel.shape
-    strides = [1, stride, stride, 1]
-
-    def backward(x, kernel, dy):
-        patches = tf.image.extract_patches(x, [1, size, size, 1], strides, [1, 1, 1, 1], "VALID")
-        dkernel = tf.matmul(tf.reshape(patches, [-1, size * size * channels]),
-                            tf.reshape(dy, [-1, filters]), transpose_a=True)
-        dx = tf.raw_ops.Conv2DBackpropInput(
-            input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=strides,
-            padding="VALID")
-        return dx, tf.reshape(dkernel, kernel.shape)
-
-    forward = lambda x, kernel: tf.nn.conv2d(x, kernel, strides, "VALID")
-    return with_gradient(forward, backward)(x, kernel)
-
-
-class PatchGradConv(KernelOp, keras.layers.Conv2D):
-    """A 'valid' conv (the encoder's last layer) whose filter gradient is one
-    matmul, of the input's patches with the output's gradient: for its 2x2
-    outputs of 4x4x128 patches, oneDNN's filter-gradient kernel ran at a
-    quarter of that matmul's rate (benchmarks/RESULTS.md). Forward pass and
-    input gradient are the conv's own."""
-
-    op = staticmethod(conv2d_patch_grad)
 
 
 class DenseEncoder(keras.layers.Layer):
@@ -213,7 +145,7 @@ class ConvDecoder(keras.layers.Layer):
             VectorDeconv(4 * depth, 5, act),
             keras.layers.Conv2DTranspose(2 * depth, 5, 2, activation=act),
             keras.layers.Conv2DTranspose(depth, 6, 2, activation=act),
-            SubpixelDeconv(shape[-1], 6, 2),
+            keras.layers.Conv2DTranspose(shape[-1], 6, 2),
         ]
 
     def call(self, feat) -> tfd.Distribution:
@@ -226,16 +158,21 @@ class ConvDecoder(keras.layers.Layer):
 
 
 class VectorDeconv(keras.layers.Layer):
-    """The decoder's first transposed conv, whose input is 1x1: each output
-    pixel is a linear map of the input vector, so one matmul computes it
-    exactly (kernel x kernel x filters outputs, one bias per filter), many
-    times faster on CPUs than the convolution kernels."""
+    """Conv2DTranspose(filters, kernel) on a 1x1 input (the decoder's first
+    layer) as one matmul: each output pixel is a linear map of the input
+    vector. Weights start as the transposed conv's would."""
 
     def __init__(self, filters: int, kernel: int, act="relu"):
         super().__init__()
         self._filters, self._kernel = filters, kernel
         self.act = keras.activations.get(act)
-        self.matmul = keras.layers.Dense(kernel * kernel * filters, use_bias=False)
+        self.matmul = keras.layers.Dense(kernel * kernel * filters, use_bias=False,
+                                         kernel_initializer=self._glorot)
+
+    def _glorot(self, shape, dtype=None):
+        """Glorot uniform with the transposed conv's fans, kernel^2 * (inputs + filters)."""
+        limit = np.sqrt(6 / (self._kernel**2 * shape[0] + shape[1]))
+        return keras.initializers.RandomUniform(-limit, limit)(shape, dtype)
 
     def build(self, input_shape):
         self.bias = self.add_weight(shape=(self._filters,), initializer="zeros", name="bias")
@@ -243,46 +180,6 @@ class VectorDeconv(keras.layers.Layer):
     def call(self, x):
         x = tf.reshape(self.matmul(x), [-1, self._kernel, self._kernel, self._filters])
         return self.act(x + tf.cast(self.bias, x.dtype))
-
-
-def conv_transpose_subpixel(x, kernel, stride: int):
-    """tf.nn.conv2d_transpose(x, kernel, stride, 'VALID') for a kernel of
-    size k = stride * q: output pixel stride * m + a sums x[m - u] W[a +
-    stride * u] over u < q, a q x q correlation of x padded by q - 1 with
-    the kernel's taps of phase a in reverse order."""
-    k, _, filters, channels = kernel.shape
-    q = k // stride
-    if q * stride != k:
-        raise ValueError(f"Kernel size {k} is not a multiple of the stride {stride}.")
-    strides = [1, stride, stride, 1]
-
-    def forward(x, kernel):
-        taps = tf.reshape(kernel, [q, stride, q, stride, filters, channels])
-        taps = tf.transpose(tf.reverse(taps, [0, 2]), [0, 2, 5, 1, 3, 4])
-        taps = tf.reshape(taps, [q, q, channels, stride * stride * filters])
-        pad = [[0, 0], [q - 1, q - 1], [q - 1, q - 1], [0, 0]]
-        return tf.nn.depth_to_space(tf.nn.conv2d(tf.pad(x, pad), taps, 1, "VALID"), stride)
-
-    def backward(x, kernel, dy):  # TensorFlow's gradient of conv2d_transpose.
-        dkernel = tf.raw_ops.Conv2DBackpropFilter(
-            input=dy, filter_sizes=tf.shape(kernel), out_backprop=x, strides=strides,
-            padding="VALID")
-        return tf.nn.conv2d(dy, kernel, strides, "VALID"), dkernel
-
-    return with_gradient(forward, backward)(x, kernel)
-
-
-class SubpixelDeconv(KernelOp, keras.layers.Conv2DTranspose):
-    """A 'valid' transposed conv whose kernel size is a multiple of its stride
-    (the decoder's last layer), its forward pass computed in the sub-pixel
-    form: one regular conv that gives every output phase as channels, then
-    depth-to-space; exactly the same function. With the 3 output channels
-    of an image, oneDNN ran the transposed conv at a fifth of its usual rate
-    and this form in under half its time (benchmarks/RESULTS.md). The
-    backward pass is the transposed conv's own gradient ops, which run at
-    the usual rate."""
-
-    op = staticmethod(conv_transpose_subpixel)
 
 
 class DenseHead(keras.layers.Layer):

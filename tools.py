@@ -11,7 +11,6 @@ import random
 import shutil
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -181,8 +180,7 @@ def sample_batches(
     """Batches of chunks (batch, time, ...) as numpy arrays, stacked ahead of
     the trainer by a background thread; episodes added to the replay are
     sampled from as soon as they are stored. Not a tf.data generator dataset:
-    while one of those was live, every TensorFlow function call in the process
-    ran 1.4-1.8x slower (TF 2.21, CPU; RESULTS.md), the train step included."""
+    while one is live, every TensorFlow call in the process runs slower."""
     batches: queue.Queue = queue.Queue(prefetch)
 
     def produce():
@@ -275,7 +273,8 @@ class OneHotDist(tfd.OneHotCategorical):
         probs = self.probs_parameter()
         while len(probs.shape) < len(sample.shape):
             probs = probs[None]
-        return sample + probs - tf.stop_gradient(probs)
+        # Parenthesized, so that the forward value is the exact one-hot sample.
+        return sample + (probs - tf.stop_gradient(probs))
 
 
 # Exploration schedules.
@@ -337,33 +336,11 @@ def read_metrics(logdir: pathlib.Path) -> list[dict]:
     return records
 
 
-class Stopwatch:
-    """Wall-clock seconds of a run, counted on across resumes."""
-
-    def __init__(self, offset: float = 0.0):
-        self._offset = offset  # Seconds the run had taken before this start.
-        self._start = time.time()
-
-    def __call__(self) -> float:
-        return self._offset + time.time() - self._start
-
-
-class Progress:
-    """A live bar over env steps towards --steps (frames/s, time left) on a
-    terminal; nothing otherwise, where the log lines tell the progress."""
-
-    def __init__(self, total: int, initial: int):
-        self._bar = tqdm.tqdm(total=total, initial=initial, unit="frames", dynamic_ncols=True,
-                              disable=not sys.stdout.isatty())
-
-    def phase(self, name: str) -> None:
-        self._bar.set_description(name)
-
-    def update(self, frames: int) -> None:
-        self._bar.update(frames)
-
-    def close(self) -> None:
-        self._bar.close()
+def progress_bar(total: int, initial: int) -> tqdm.tqdm:
+    """A live bar over env steps towards --steps on a terminal; nothing
+    otherwise, where the log lines tell the progress."""
+    return tqdm.tqdm(total=total, initial=initial, unit="frames", dynamic_ncols=True,
+                     disable=not sys.stdout.isatty())
 
 
 class Logger:

@@ -57,10 +57,10 @@ def imagine(agent: dreamer.Dreamer, start: dict, rule, horizon: int) -> tuple[fl
 def open_loop_rmse(agent: dreamer.Dreamer, data: dict, key: str, horizon: int) -> dict:
     """RMSE per imagined step of the decoded observation (per dimension for
     state vectors) and of the reward, after CONTEXT observed steps."""
-    _, feat = agent.open_loop_feat({k: v[:, :CONTEXT + horizon] for k, v in data.items()},
-                                   CONTEXT)
+    data = {k: v[:, :CONTEXT + horizon] for k, v in data.items()}
+    _, feat = dreamer.open_loop_feat(agent, data, CONTEXT)
     steps = feat.shape[1]
-    truth = agent._target({key: data[key][:, CONTEXT:CONTEXT + steps]})
+    truth = agent.decoder_target({key: data[key][:, CONTEXT:CONTEXT + steps]})
     error = (agent.decoder(feat).mode() - truth).numpy()
     axes = (0,) if key == "state" else (0, 2, 3, 4)
     reward = agent.reward(feat).mode().numpy() - data["reward"][:, CONTEXT:CONTEXT + steps]
