@@ -7,8 +7,7 @@ Measures seconds per gradient step (batch 50x50 and 16x50, and the state
 step of the learning benchmark: cartpole, `--obs state --configs cpu_state`), policy
 latency (batch 1), the environment step with and without fast rendering, collection
 frames/s with one and two env workers, and this machine's matmul GFLOP/s, of
-which the gradient step's achieved FLOP rate is given as a fraction, and
-profiles one image gradient step: the share of op time by op type. Prints a
+which the gradient step's achieved FLOP rate is given as a fraction. Prints a
 table and writes every number to a JSON file. Timings on a shared machine are
 noisy: compare ratios taken within one run rather than numbers across runs.
 """
@@ -20,10 +19,8 @@ import json
 import os
 import pathlib
 import platform
-import re
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -58,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                         default=[16, 32],
                         help="precisions for the 50x50 step; the first one is used "
                              "for 16x50, the policy and the targets")
+    parser.add_argument("--trace", help="write a profile of the first image step here, "
+                        "for TensorBoard's profile tab (tensorboard --logdir DIR)")
     return parser.parse_known_args(argv)
 
 
@@ -151,7 +150,7 @@ def build_agent(extra: list[str], precision: int, batch: int = 50, length: int =
     return dreamer.Dreamer(config, obs_space, act)
 
 
-def _op_flops(op: tf.Operation) -> int:
+def op_flops(op: tf.Operation) -> int:
     """Multiply-adds x 2 of the dense and conv ops, from their static shapes."""
     if op.type not in ("MatMul", "Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"):
         return 0
@@ -167,20 +166,6 @@ def _op_flops(op: tf.Operation) -> int:
     return 2 * out.num_elements() * kernel[0] * kernel[1] * kernel[2]
 
 
-def profiler_flops(graph: tf.Graph) -> float | None:
-    """TensorFlow's own count; recorded for comparison only: its conv
-    backprop formulas assume 'same' padding and overcount the valid-padded
-    (transposed) convs of this model, and it can miss ops whose statistics
-    it fails to resolve."""
-    from tensorflow.python.profiler import model_analyzer, option_builder
-    options = (option_builder.ProfileOptionBuilder(
-        option_builder.ProfileOptionBuilder.float_operation()).with_empty_output().build())
-    try:
-        return float(model_analyzer.profile(graph, options=options).total_float_ops)
-    except Exception:  # noqa: BLE001 (the count is optional)
-        return None
-
-
 def step_flops(agent: dreamer.Dreamer, batch: dict) -> dict:
     """FLOPs of one gradient step: the forward and backward ops of the traced
     graph, exactly as TensorFlow will run them (the tf.cond-wrapped Adam
@@ -188,19 +173,18 @@ def step_flops(agent: dreamer.Dreamer, batch: dict) -> dict:
     graph = agent.train.get_concrete_function(batch).graph
     by_type = {}
     for op in graph.get_operations():
-        by_type[op.type] = by_type.get(op.type, 0) + _op_flops(op)
+        by_type[op.type] = by_type.get(op.type, 0) + op_flops(op)
     return dict(
         flops=float(sum(by_type.values())),
         flops_method="graph_op_shapes: 2 x multiply-adds of every MatMul, Conv2D, "
                      "Conv2DBackpropInput and Conv2DBackpropFilter op in "
                      "agent.train's traced graph (forward + backward), from static shapes",
-        flops_by_op={k: float(v) for k, v in by_type.items() if v},
-        profiler_flops=profiler_flops(graph))
+        flops_by_op={k: float(v) for k, v in by_type.items() if v})
 
 
 def grad_step(extra: list[str], precision: int, batch: int, length: int,
               settings: dict, model: str = "image",
-              profile: bool = False) -> tuple[dict, dreamer.Dreamer]:
+              trace: str | None = None) -> tuple[dict, dreamer.Dreamer]:
     agent = build_agent(extra, precision, batch, length, model)
     data = synthetic_batch(batch, length, model)
     result = dict(batch=[batch, length], precision=precision, model=model,
@@ -213,82 +197,11 @@ def grad_step(extra: list[str], precision: int, batch: int, length: int,
                   settings["warmup"] - 1)
     result.update(seconds=summary(times), times_s=times)
     result["achieved_gflops"] = result["flops"] / result["seconds"]["median"] / 1e9
-    if profile:
-        result["profile"] = op_profile(lambda: agent.train(data)["model_loss"].numpy())
-    return result, agent
-
-
-# Op kinds of the profile, by TensorFlow op type (oneDNN's _Mkl* names included).
-OP_KINDS = (("matmul", ("MatMul",)), ("conv", ("Conv2D",)),
-            ("activation", ("Elu", "Relu", "Sigmoid", "Tanh", "Softplus")),
-            ("bias", ("BiasAdd",)), ("cast", ("Cast",)))
-
-
-def op_kind(op_type: str) -> str:
-    return next((kind for kind, parts in OP_KINDS
-                 if any(part in op_type for part in parts)), "other")
-
-
-# Model parts of the profile, by the first scope of an op's name: the layer
-# that ran it, as Keras names it, less its numeric suffixes (actor_11 ->
-# actor); a distribution's ops belong to the layer that built it.
-OP_PARTS = dict(encoder=("conv_encoder", "dense_encoder"), decoder=("conv_decoder", "decoder"),
-                rssm=("gru", "img_in", "img_out", "img_dist", "obs_out", "obs_dist"),
-                reward=("reward",), pcont=("pcont",), value=("value",), actor=("actor",),
-                optimizer=("cond", "clip_by_global_norm"))
-
-
-def op_part(op_name: str) -> tuple[str, bool]:
-    """The model part of an op of the train step, and whether it is in the
-    backward pass (the gradient tapes' ops)."""
-    backward = op_name.startswith("gradient_tape/")
-    scope = op_name.removeprefix("gradient_tape/").split("/")[0]
-    scope = scope.rpartition("_CONSTRUCTED_AT_")[2]
-    scope = re.sub(r"(_\d+)+$", "", scope)
-    part = next((part for part, scopes in OP_PARTS.items() if scope in scopes), "other")
-    return part, backward
-
-
-def op_profile(fn: Callable[[], object], top: int = 12) -> dict | None:
-    """Where one call of `fn` spends its time: TensorFlow's profiler traces
-    every op it runs, and their durations are summed by op type and kind
-    (summed over threads, so shares, not seconds, are what compare)."""
-    try:  # The XSpace proto ships with TensorFlow but is not public API.
-        from tensorflow.tsl.profiler.protobuf import xplane_pb2
-    except ImportError:
-        return None
-    with tempfile.TemporaryDirectory() as logdir:
-        tf.profiler.experimental.start(logdir)
-        fn()
+    if trace:  # TensorBoard's profile tab shows where the step's time goes.
+        tf.profiler.experimental.start(trace)
+        agent.train(data)["model_loss"].numpy()
         tf.profiler.experimental.stop()
-        [path] = pathlib.Path(logdir).rglob("*.xplane.pb")
-        space = xplane_pb2.XSpace.FromString(path.read_bytes())
-    by_type, by_part = {}, {}
-    for plane in space.planes:
-        names = {key: meta.name for key, meta in plane.event_metadata.items()}
-        for line in plane.lines:
-            for event in line.events:
-                # Op events are named "op_name:OpType"; the runtime's own
-                # ("ExecutorState::Process", "EagerLocalExecute: ...") are not.
-                name = names.get(event.metadata_id, "")
-                if ":" in name and "::" not in name and " " not in name:
-                    op_name, _, op_type = name.rpartition(":")
-                    seconds = event.duration_ps * 1e-12
-                    by_type[op_type] = by_type.get(op_type, 0.0) + seconds
-                    part, backward = op_part(op_name)
-                    shares = by_part.setdefault(part, [0.0, 0.0])
-                    shares[backward] += seconds
-    total = sum(by_type.values()) or 1.0
-    kinds = {}
-    for op_type, seconds in by_type.items():
-        kind = op_kind(op_type)
-        kinds[kind] = kinds.get(kind, 0.0) + seconds / total
-    ranked = sorted(by_type.items(), key=lambda item: -item[1])
-    parts = {part: dict(share=(fwd + bwd) / total, backward_share=bwd / total)
-             for part, (fwd, bwd) in sorted(by_part.items(), key=lambda kv: -sum(kv[1]))}
-    return dict(op_seconds=total, kind_share=dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
-                part_share=parts,
-                top_types=[dict(type=t, share=v / total) for t, v in ranked[:top]])
+    return result, agent
 
 
 def policy_latency(agent: dreamer.Dreamer, calls: int) -> dict:
@@ -417,20 +330,6 @@ def print_table(rows: list[tuple[str, str, str, str]]) -> None:
         print(f"{what:<{width}}  {value:>18}  {target:<10}  {met}")
 
 
-def print_profiles(grad_steps: list[dict]) -> None:
-    for g in grad_steps:
-        if g.get("profile"):
-            p = g["profile"]
-            print(f"\nop time of one {'x'.join(map(str, g['batch']))} p{g['precision']} "
-                  f"step, {p['op_seconds']:.2f} s over all threads, by kind: " + ", ".join(
-                      f"{kind} {share:.0%}" for kind, share in p["kind_share"].items()))
-            print("  top op types: " + ", ".join(
-                f"{t['type']} {t['share']:.0%}" for t in p["top_types"]))
-            print("  by model part (of it backward): " + ", ".join(
-                f"{part} {v['share']:.0%} ({v['backward_share']:.0%})"
-                for part, v in p["part_share"].items()))
-
-
 def run(args: argparse.Namespace, extra: list[str]) -> dict:
     settings = QUICK if args.quick else FULL
     config = dreamer.parse_config(["--logdir", "/tmp/unused", *extra])
@@ -451,10 +350,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
     results["grad_step"] = []
     for batch, length, precision, model in rows:
         print(f"Gradient step {batch}x{length} {model} precision {precision}.", flush=True)
-        # The first image row, the one the targets are about, is profiled.
-        profile = model == "image" and not any(
+        # The first image row, the one the targets are about, is traced.
+        first_image = model == "image" and not any(
             g["model"] == "image" for g in results["grad_step"])
-        result, agent = grad_step(extra, precision, batch, length, settings, model, profile)
+        trace = args.trace if first_image else None
+        result, agent = grad_step(extra, precision, batch, length, settings, model, trace)
         # Mixed float16 (GPUs) is compared with the bfloat16 rate, of the same width.
         result["peak_dtype"] = "float32" if result["dtype_policy"] == "float32" else "bfloat16"
         peak = results["matmul"][result["peak_dtype"]]["gflops_median"]
@@ -484,10 +384,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args, extra = parse_args(argv)
-    tf.get_logger().setLevel("ERROR")  # The profiler's v1 deprecation notices.
     results = run(args, extra)
     print_table(results["table"])
-    print_profiles(results["grad_step"])
     start, end = results["loadavg_start"][0], results["loadavg_end"][0]
     print(f"load average (1 min) at start, end: {start:.1f}, {end:.1f} "
           f"on {os.cpu_count()} cores")
