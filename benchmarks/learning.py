@@ -26,33 +26,20 @@ sys.path.insert(0, str(ROOT))
 import plotting
 
 # Variants: extra dreamer.py flags under a name that becomes the method folder.
-# Every state run of RESULTS.md computed in float32, as `--precision 16` also
-# does on CPUs without bfloat16 instructions.
+# State runs compute in float32, as `--precision 16` also does on CPUs
+# without bfloat16 instructions. RESULTS.md's learning table gives why each
+# flag is there and what each variant learned.
 CPU_STATE = ["--obs", "state", "--configs", "cpu_state", "--precision", "32"]
 VARIANTS = {
     "paper": [],
     "state": ["--obs", "state", "--configs", "cpu"],
-    # From a few state dimensions a unit-variance decoder leaves the model
-    # imprecise; these settings gave the best measured cartpole from state
-    # (RESULTS.md, 2026-11-26: 927, 895, 958 and 741 at 50k in four runs, the
-    # last two in 25 and 23.5 min, each alone). Pretraining for 1,000 steps
-    # instead of 100 started faster but did no better at 50k over 3 seeds.
-    # The faster value rate of the walker runs made 900 and 921 (RESULTS.md,
-    # "Cartpole from state with the faster value rate").
+    # A few state dims: a sharp decoder, fewer free nats, a truncated-Normal actor.
     "state_sharp": [*CPU_STATE, "--decoder_std", "0.03", "--free_nats", "1",
                     "--action_dist", "trunc_normal", "--action_min_std", "0.1",
                     "--value_lr", "3e-4"],
-    # Walker's 24 state dims include velocities of std 1-10; squashing them
-    # lifted `cpu_state` on walker stand from state at 100k, a value
-    # learning 3.75x faster than the actor lifted each of 3 seeds again, and
-    # twice the gradient steps per env step lifted 2 seeds once more
-    # (RESULTS.md, "Walker stand from state with --state_symlog", "a faster
-    # value learning rate" and "twice the train steps": 483, 648, then 906
-    # at 100k).
+    # Walker's velocities squashed, a faster value model, more gradient steps.
     "state_symlog": [*CPU_STATE, "--state_symlog", "True", "--value_lr", "3e-4",
                      "--train_steps", "200"],
-    # From pixels the faster value rate lifted one seed from 232 to 400 at
-    # 100k (RESULTS.md, "Walker stand from pixels with the faster value rate").
     "cpu_image": ["--configs", "cpu_image", "--value_lr", "3e-4"],
 }
 
@@ -90,8 +77,8 @@ def command(logdir: pathlib.Path, task: str, variant: str, steps: int, seed: int
 
 def thread_env(parallel: int, cores: int | None = None) -> dict:
     """The environment of each run. Side by side, each run gets its share of
-    the cores as TensorFlow threads: on 2 cores, two runs with one thread each
-    made 1.5x the frames/s of one run with both (RESULTS.md)."""
+    the cores as TensorFlow threads, which together make more frames/s than
+    one run with all of them."""
     env = dict(os.environ)
     if parallel > 1:
         threads = str(max(1, (cores or os.cpu_count() or 1) // parallel))
