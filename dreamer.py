@@ -13,6 +13,7 @@ import errno
 import fcntl
 import functools
 import io
+import json
 import os
 import pathlib
 import random
@@ -154,18 +155,25 @@ def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", nargs="+", default=[], choices=sorted(PRESETS))
     parser.add_argument("--summary", action="store_true", default=False,
                         help="print the summary of the run in --logdir and exit")
+    parser.add_argument("--eval_only", action="store_true", default=False,
+                        help="evaluate the newest checkpoint in --logdir, even while it "
+                             "trains, writing only under --logdir/eval")
     for key, value in DEFAULTS.items():
         parser.add_argument(f"--{key}", type=flag_type(value), choices=CHOICES.get(key),
                             required=key == "logdir")
     explicit = vars(parser.parse_args(argv))
-    summary = explicit.pop("summary")
+    modes = dict(summary=explicit.pop("summary"), eval_only=explicit.pop("eval_only"))
     presets = [PRESETS[name] for name in explicit.pop("configs")]
     task = explicit.get("task", DEFAULTS["task"])
     config = {**DEFAULTS, **SUITES.get(task.split("_", 1)[0], {})}
     for preset in presets:
         config.update(preset)
+    saved = pathlib.Path(explicit["logdir"]).expanduser() / "config.yaml"
+    if modes["eval_only"] and saved.exists():  # The models as the run built them.
+        config.update({k: v for k, v in yaml.safe_load(saved.read_text()).items()
+                       if k in DEFAULTS})
     config.update(explicit)
-    config = argparse.Namespace(**config, summary=summary)
+    config = argparse.Namespace(**config, **modes)
     try:
         wrappers.check_task(config.task)
         wrappers.check_obs(config.task, config.obs)
@@ -744,6 +752,9 @@ def main(argv: list[str] | None = None) -> None:
     if config.summary:
         print(summarize(pathlib.Path(config.logdir)))
         return
+    if config.eval_only:
+        evaluate_checkpoint(config)
+        return
     try:
         strategy = make_strategy(config)
     except ValueError as e:
@@ -776,6 +787,41 @@ def main(argv: list[str] | None = None) -> None:
         for env in train_envs + test_envs:
             env.close()
     print(summarize(logdir))
+
+
+def evaluate_checkpoint(config: argparse.Namespace) -> None:
+    """--eval_only: eval_episodes episodes with the actor's mode from the
+    newest readable checkpoint; prints their mean and std and writes
+    eval/<step>.json and the first episode as eval/<step>.gif. It takes no
+    lock and writes nothing else, so the run may go on training meanwhile."""
+    logdir = pathlib.Path(config.logdir).expanduser()
+    if not list((logdir / "checkpoint").glob("[0-9]*")):
+        print(f"dreamer.py: error: no checkpoint in {logdir / 'checkpoint'}; train first "
+              "(checkpoints are written at each evaluation)", file=sys.stderr)
+        sys.exit(2)
+    set_precision(config.precision)
+    tf.random.set_seed(config.seed)
+    [env] = make_envs(config, 1, config.seed + 1000, train=False)
+    try:
+        agent = Dreamer(config, env.obs_space, env.act_space)
+        if not restore_checkpoint(agent, logdir / "checkpoint", keep_damaged=True):
+            print(f"dreamer.py: error: no readable checkpoint in {logdir / 'checkpoint'}",
+                  file=sys.stderr)
+            sys.exit(2)
+        step, episodes = int(agent.step.numpy()), []
+        policy = lambda obs, state, reset: agent.policy(obs, state, reset, False, step)
+        Driver([env], episodes.append)(policy, episodes=config.eval_episodes)
+    finally:
+        env.close()
+    returns = [float(episode["reward"].sum()) for episode in episodes]
+    result = dict(step=step, returns=returns, mean=float(np.mean(returns)),
+                  std=float(np.std(returns)))
+    (logdir / "eval").mkdir(exist_ok=True)
+    tools.atomic_write(logdir / "eval" / f"{step}.json", json.dumps(result).encode())
+    if "image" in episodes[0]:
+        tools.atomic_write(logdir / "eval" / f"{step}.gif", tools.encode_gif(episodes[0]["image"]))
+    print(f"Checkpoint at step {step}: return {result['mean']:.1f} +- {result['std']:.1f} "
+          f"over {len(returns)} episodes (actor mode); wrote {logdir / 'eval'}/{step}.*")
 
 
 def summarize(logdir: pathlib.Path) -> str:
@@ -845,14 +891,18 @@ def save_checkpoint(agent: Dreamer, directory: pathlib.Path, step: int, keep: in
         shutil.rmtree(old, ignore_errors=True)
 
 
-def restore_checkpoint(agent: Dreamer, directory: pathlib.Path) -> bool:
+def restore_checkpoint(agent: Dreamer, directory: pathlib.Path,
+                       keep_damaged: bool = False) -> bool:
     """Loads the newest checkpoint that reads completely; older ones are the
-    fallback for one that is damaged."""
+    fallback for one that is damaged (or, being read beside a live run, was
+    just pruned)."""
     for path in sorted(directory.glob("[0-9]*"), reverse=True):
         try:
             agent.checkpoint.read(str(path / "ckpt")).assert_existing_objects_matched()
             return True
         except Exception as e:  # noqa: BLE001 (a damaged checkpoint must not stop the run)
+            if keep_damaged:
+                continue
             # Kept for inspection under a name that is neither loaded nor pruned.
             print(f"Skipping unreadable checkpoint {path.name}: {type(e).__name__}; "
                   f"moved to corrupt-{path.name}", file=sys.stderr)

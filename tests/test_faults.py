@@ -11,6 +11,7 @@ import functools
 import gc
 import hashlib
 import io
+import json
 import os
 import pathlib
 import re
@@ -22,6 +23,7 @@ import textwrap
 import time
 import uuid
 
+import imageio.v3 as iio
 import numpy as np
 import psutil
 import pytest
@@ -471,6 +473,38 @@ def test_logdir_in_use_or_unwritable_exits_2(trained, tmp_path):
     changed = {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys()
                if before.get(k) != after.get(k)}
     assert not changed, f"the refused run changed (size, mtime_ns) before/after: {changed}"
+
+
+def test_eval_only_beside_a_live_run_writes_only_its_eval_files(trained, tmp_path):
+    """--eval_only reads the newest checkpoint while a run holds the lock,
+    writes eval/<step>.json and .gif, and leaves every other file alone."""
+    logdir = copy_run(trained, tmp_path)
+    with (logdir / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # As a live run holds it.
+        before = snapshot(logdir)
+        time.sleep(0.05)  # So that any write shows in the mtimes.
+        run = Run(logdir, "--eval_only", "--eval_episodes", "2")
+        assert run.wait(180) == 0, run.stderr[-3000:]
+        after = snapshot(logdir)
+    result = json.loads((logdir / "eval" / "700.json").read_text())
+    assert result["step"] == 700 and len(result["returns"]) == 2
+    assert result["mean"] == pytest.approx(np.mean(result["returns"]))
+    assert result["std"] == pytest.approx(np.std(result["returns"]))
+    assert f"Checkpoint at step 700: return {result['mean']:.1f} +- " in run.stdout
+    frames = iio.imread(logdir / "eval" / "700.gif", index=None)
+    assert frames.shape == (51, 64, 64, 3)  # --time_limit 100 at repeat 2, and the reset.
+    changed = {k for k in before.keys() | after.keys()
+               if before.get(k) != after.get(k) and not k.startswith("eval")}
+    assert not changed, changed
+
+
+def test_eval_only_without_a_checkpoint_is_one_line_and_writes_nothing(tmp_path):
+    logdir = tmp_path / "empty"
+    run = Run(logdir, "--eval_only", outdir=tmp_path)
+    assert run.wait(120) == 2
+    errors = run.errors()
+    assert len(errors) == 1 and "no checkpoint" in errors[0], errors
+    assert not logdir.exists()
 
 
 # 6. Disk full.
