@@ -123,10 +123,15 @@ CHOICES = dict(
 )
 
 
+def fail(message: str, code: int = 2):
+    """The one-line error of bad input or a full disk."""
+    print(f"dreamer.py: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
-        print(f"dreamer.py: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
+        fail(f"{message} (see --help)")
 
 
 def flag_type(default):
@@ -758,8 +763,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         strategy = make_strategy(config)
     except ValueError as e:
-        print(f"dreamer.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
     logdir = prepare_logdir(config)
     lock = lock_logdir(logdir)  # noqa: F841 (held until exit)
     tools.remove_temporaries(logdir)  # Left by a killed run; the lock says none is live.
@@ -779,10 +783,9 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        print(f"dreamer.py: error: disk full writing {e.filename or logdir}; the last "
-              "checkpoint and all complete episodes are intact: free space and rerun "
-              "the same command to resume.", file=sys.stderr)
-        sys.exit(1)
+        fail(f"disk full writing {e.filename or logdir}; the last checkpoint and all "
+             "complete episodes are intact: free space and rerun the same command to resume.",
+             code=1)
     finally:
         for env in train_envs + test_envs:
             env.close()
@@ -796,18 +799,15 @@ def evaluate_checkpoint(config: argparse.Namespace) -> None:
     lock and writes nothing else, so the run may go on training meanwhile."""
     logdir = pathlib.Path(config.logdir).expanduser()
     if not list((logdir / "checkpoint").glob("[0-9]*")):
-        print(f"dreamer.py: error: no checkpoint in {logdir / 'checkpoint'}; train first "
-              "(checkpoints are written at each evaluation)", file=sys.stderr)
-        sys.exit(2)
+        fail(f"no checkpoint in {logdir / 'checkpoint'}; train first (checkpoints are "
+             "written at each evaluation)")
     set_precision(config.precision)
     tf.random.set_seed(config.seed)
     [env] = make_envs(config, 1, config.seed + 1000, train=False)
     try:
         agent = Dreamer(config, env.obs_space, env.act_space)
         if not restore_checkpoint(agent, logdir / "checkpoint", keep_damaged=True):
-            print(f"dreamer.py: error: no readable checkpoint in {logdir / 'checkpoint'}",
-                  file=sys.stderr)
-            sys.exit(2)
+            fail(f"no readable checkpoint in {logdir / 'checkpoint'}")
         step, episodes = int(agent.step.numpy()), []
         policy = lambda obs, state, reset: agent.policy(obs, state, reset, False, step)
         Driver([env], episodes.append)(policy, episodes=config.eval_episodes)
@@ -856,8 +856,7 @@ def lock_logdir(logdir: pathlib.Path):
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        print(f"dreamer.py: error: {logdir} is in use by another run", file=sys.stderr)
-        sys.exit(2)
+        fail(f"{logdir} is in use by another run")
     return handle
 
 
@@ -869,8 +868,7 @@ def prepare_logdir(config: argparse.Namespace) -> pathlib.Path:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        print(f"dreamer.py: error: cannot write to {logdir}: {e.strerror}", file=sys.stderr)
-        sys.exit(2)
+        fail(f"cannot write to {logdir}: {e.strerror}")
     return logdir
 
 
@@ -934,9 +932,8 @@ def fit_action_space(config: argparse.Namespace, act_space: dict) -> None:
         if config.expl == "additive_gaussian":
             config.expl = "epsilon_greedy"
     elif not act_space["discrete"] and config.action_dist == "onehot":
-        print("dreamer.py: error: --action_dist onehot needs a discrete action space; "
-              f"{config.task} has continuous actions.", file=sys.stderr)
-        sys.exit(2)
+        fail(f"--action_dist onehot needs a discrete action space; {config.task} has "
+             "continuous actions.")
 
 
 def make_strategy(config: argparse.Namespace) -> tf.distribute.Strategy:
