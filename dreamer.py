@@ -289,13 +289,14 @@ class Dreamer:
             # the value model's weights (its tape starts at imag_feat).
             with tf.GradientTape() as value_tape:
                 actor_loss, value_loss, behavior = self.behavior_losses(imag_feat)
-        metrics.update(behavior)
-        metrics.update(self.model_opt(model_tape, model_loss))
+        metrics.update(**behavior, **self.model_opt(model_tape, model_loss))
         metrics.update(self.actor_opt(actor_tape, actor_loss))
         metrics.update(self.value_opt(value_tape, value_loss))
-        if self.config.action_dist != "onehot":  # Tanh-Normal actors can saturate at +-1.
-            saturated = tf.abs(self.actor(tf.stop_gradient(feat)).sample()) > 0.99
-            metrics["action_saturation"] = tf.reduce_mean(tf.cast(saturated, tf.float32))
+        dist = self.actor(tf.stop_gradient(feat))  # Diagnostics: a saturating actor.
+        metrics["actor_ent"] = tf.reduce_mean(dist.entropy())
+        if self.config.action_dist != "onehot":
+            saturated = tf.cast(tf.abs(dist.sample()) > 0.99, tf.float32)
+            metrics["action_saturation"] = tf.reduce_mean(saturated)
         return metrics
 
     def world_model_loss(self, data: dict):
