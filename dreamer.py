@@ -86,7 +86,6 @@ DEFAULTS = dict(
     render_fast=False,  # DMC without shadows, reflections, multisampling: other pixels, faster.
     shadow_size=0,  # MuJoCo's shadow map size; 0: the suite's own (2048); 1024 renders faster.
     envs=1,  # Env workers stepping in parallel while collecting.
-    replay_cache=400,  # Episodes kept in memory; the others are read from disk.
     jit=False,  # XLA for the whole train step.
     jit_policy=True,  # XLA fuses the batch-1 policy step's many small ops.
     devices=0,  # GPUs that share each batch (0: all visible).
@@ -110,8 +109,7 @@ PRESETS = dict(
     debug=dict(
         render_fast=True, time_limit=200, prefill=800, train_every=500, train_steps=3, pretrain=3,
         eval_every=2000, log_every=500, batch_size=4, batch_length=10, horizon=5,
-        deter_size=32, stoch_size=8, num_units=32, cnn_depth=4, replay_cache=20,
-        precision=32),
+        deter_size=32, stoch_size=8, num_units=32, cnn_depth=4, precision=32),
 )
 
 CHOICES = dict(
@@ -434,7 +432,8 @@ def random_actions(batch, size: int, discrete: bool):
 
 
 def to_tensors(batch: dict) -> dict:
-    return {k: tf.convert_to_tensor(v) for k, v in batch.items()}
+    """Numpy arrays to tensors on the default device (the GPU, if there is one)."""
+    return {k: tf.identity(v) for k, v in batch.items()}
 
 
 def open_loop_video(agent: Dreamer, data: dict, context: int = 5, sequences: int = 6):
@@ -638,7 +637,7 @@ class Loop:
     def __init__(self, config, logdir: pathlib.Path, train_envs: list, test_envs: list):
         self.config, self.logdir = config, logdir
         self.logger = tools.Logger(logdir)
-        self.replay = tools.Replay(logdir / "episodes", config.replay_cache, config.seed)
+        self.replay = tools.Replay(logdir / "episodes", config.seed)
         stored = self.replay.steps * config.action_repeat
         records = tools.read_metrics(logdir)
         # Frames of episodes a killed run left unfinished still count: the
@@ -658,7 +657,7 @@ class Loop:
         self._last_log = (time.time(), self.step)
 
     def _on_train_episode(self, episode: dict) -> None:
-        self.replay.add(tools.save_episode(self.logdir / "episodes", episode), episode)
+        self.replay.add(tools.save_episode(self.logdir / "episodes", episode))
         self.logger.scalar("train/return", episode["reward"].sum())
         self.logger.scalar("train/length", (len(episode["reward"]) - 1) * self.config.action_repeat)
 
@@ -690,9 +689,11 @@ class Loop:
         """Restores the newest checkpoint, or pretrains a new agent."""
         c = self.config
         self.agent = agent
-        spec = {**self.obs_space, "action": (self.act_space["shape"], np.float32),
-                "discount": ((), np.float32)}
-        self.batches = tools.sample_batches(self.replay, spec, c.batch_size, c.batch_length)
+        self.spec = {**self.obs_space, "action": (self.act_space["shape"], np.float32),
+                     "discount": ((), np.float32)}
+        # Batches are sampled and placed on the device ahead of the step.
+        self.batches = tools.sample_batches(self.replay, self.spec, c.batch_size, c.batch_length,
+                                            agent.distribute)
         self.checkpoints.mkdir(exist_ok=True)
         resumed = restore_checkpoint(agent, self.checkpoints)
         if resumed:
@@ -718,7 +719,9 @@ class Loop:
         max_nonfinite skipped (non-finite) steps in a row."""
         self.progress.set_description("train")
         for _ in range(steps):
-            batch = self.agent.distribute(next(self.batches))
+            start = time.perf_counter()
+            batch = next(self.batches)
+            self.logger.scalar("train/data_wait_ms", (time.perf_counter() - start) * 1e3)
             metrics = {k: float(v) for k, v in self.agent.train(batch).items()}
             for name, value in metrics.items():
                 self.logger.scalar(f"train/{name}", value)
@@ -747,7 +750,8 @@ class Loop:
         self.logger.scalar("env_restarts", restarts)
         self.logger.scalar("wall_time", time.time() - self._start)
         if self.config.log_videos and self.config.obs == "image":
-            video = self.agent.open_loop(to_tensors(next(self.batches))).numpy()
+            data = self.replay.sample_batch(6, self.config.batch_length, self.spec)
+            video = self.agent.open_loop(to_tensors(data)).numpy()
             self.logger.video(self.step, "agent/openl", "openl", video)
         self._last_log = (now, self.step)
         self.logger.write(self.step)

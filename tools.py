@@ -12,9 +12,11 @@ import shutil
 import sys
 import threading
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 
 import imageio.v3 as iio
+import lz4.block
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -52,6 +54,12 @@ def remove_temporaries(logdir: pathlib.Path) -> None:
 
 # Episodes on disk.
 
+# Images are stored in lz4 blocks of BLOCK steps: a training chunk reads and
+# decompresses only the blocks it spans, fast enough at millions of stored steps
+# without holding episodes in memory. The other arrays are plain .npy members.
+BLOCK = 10
+LZ4 = ".lz4"  # Suffix of an image's member names: KEY.lz4 (blocks), KEY.lz4.ends, KEY.lz4.shape.
+
 
 def save_episode(directory: pathlib.Path, episode: dict) -> pathlib.Path:
     """Stores one finished episode as <time>-<uuid>-<length>.npz, where length
@@ -60,10 +68,41 @@ def save_episode(directory: pathlib.Path, episode: dict) -> pathlib.Path:
     length = len(episode["reward"]) - 1
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
     path = directory / f"{stamp}-{uuid.uuid4().hex}-{length}.npz"
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **episode)
-    atomic_write(path, buffer.getvalue())
+    atomic_write(path, encode_episode(episode))
     return path
+
+
+def is_image(array: np.ndarray) -> bool:
+    return array.dtype == np.uint8 and array.ndim >= 3
+
+
+def encode_episode(episode: dict) -> bytes:
+    members = {}
+    for key, value in episode.items():
+        if not is_image(value):
+            members[key] = value
+            continue
+        blocks = [lz4.block.compress(np.ascontiguousarray(value[i:i + BLOCK]).tobytes())
+                  for i in range(0, len(value), BLOCK)]
+        members[key + LZ4] = np.frombuffer(b"".join(blocks), np.uint8)
+        members[key + LZ4 + ".ends"] = np.cumsum([len(b) for b in blocks], dtype=np.int64)
+        members[key + LZ4 + ".shape"] = np.array(value.shape, np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, **members)
+    return buffer.getvalue()
+
+
+def load_episode(path: pathlib.Path) -> dict:
+    """The whole episode as arrays, from this format or the older one
+    (np.savez_compressed of the arrays as they are)."""
+    with np.load(path) as data:
+        episode = {key: data[key] for key in data.files if LZ4 not in key}
+        for key in (k[:-len(LZ4)] for k in data.files if k.endswith(LZ4)):
+            blob, ends = data[key + LZ4].tobytes(), data[key + LZ4 + ".ends"]
+            frames = [lz4.block.decompress(blob[a:b]) for a, b in zip([0, *ends[:-1]], ends)]
+            shape = tuple(data[key + LZ4 + ".shape"])
+            episode[key] = np.frombuffer(b"".join(frames), np.uint8).reshape(shape)
+    return episode
 
 
 def episode_length(path: pathlib.Path) -> int:
@@ -75,120 +114,194 @@ def list_episodes(directory: pathlib.Path) -> list[pathlib.Path]:
     return sorted(pathlib.Path(directory).glob("[!.]*.npz"))
 
 
-def load_episode(path: pathlib.Path) -> dict:
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
+class OldFormat(Exception):
+    """An episode file of the older format: np.savez_compressed of whole arrays."""
+
+
+class Stored:
+    """One episode file as the replay samples it: its small arrays in memory
+    and, for each image, where its lz4 blocks lie in the file."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path, self.arrays, self.images = path, {}, {}
+        with open(path, "rb") as f, np.load(f) as data:
+            if any(info.compress_type != zipfile.ZIP_STORED for info in data.zip.infolist()):
+                raise OldFormat
+            for key in data.files:
+                if key.endswith(LZ4):
+                    offset = member_offset(f, data.zip.getinfo(key + ".npy"))
+                    bounds = np.concatenate([[0], data[key + ".ends"]])
+                    self.images[key[:-len(LZ4)]] = (offset, bounds, tuple(data[key + ".shape"]))
+                elif LZ4 not in key:
+                    self.arrays[key] = data[key]
+        self.length = len(self.arrays["reward"])  # Steps, the reset's included.
+        for _, bounds, shape in self.images.values():
+            if shape[0] != self.length or len(bounds) != -(-self.length // BLOCK) + 1:
+                raise ValueError("image blocks do not match the episode's length")
+        self.spec = {k: (v.shape[1:], v.dtype) for k, v in self.arrays.items()}
+        self.spec.update({k: (shape[1:], np.uint8) for k, (_, _, shape) in self.images.items()})
+
+    def read(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Writes steps [start, stop) of an image into `out`, decompressing only
+        the blocks they span."""
+        offset, bounds, shape = self.images[key]
+        first, last = start // BLOCK, (stop - 1) // BLOCK
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            blob = os.pread(fd, int(bounds[last + 1] - bounds[first]), offset + int(bounds[first]))
+        finally:
+            os.close(fd)
+        if len(blob) != bounds[last + 1] - bounds[first]:
+            raise OSError("the file is shorter than when it was indexed")
+        filled = 0
+        for block in range(first, last + 1):
+            a, b = bounds[block] - bounds[first], bounds[block + 1] - bounds[first]
+            frames = np.frombuffer(lz4.block.decompress(blob[a:b]), np.uint8)
+            frames = frames.reshape((-1,) + shape[1:])
+            lo, hi = max(start - block * BLOCK, 0), min(stop - block * BLOCK, len(frames))
+            out[filled:filled + hi - lo] = frames[lo:hi]
+            filled += hi - lo
+
+
+def member_offset(f, info: zipfile.ZipInfo) -> int:
+    """Where the array data of an uncompressed .npz member starts in its file."""
+    f.seek(info.header_offset + 26)  # The zip local header's name and extra lengths.
+    name, extra = np.frombuffer(f.read(4), "<u2")
+    f.seek(info.header_offset + 30 + int(name) + int(extra))
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        np.lib.format.read_array_header_1_0(f)
+    else:
+        np.lib.format.read_array_header_2_0(f)
+    return f.tell()
+
+
+def convert_episodes(paths: list[pathlib.Path]) -> None:
+    """Rewrites episodes of the older format in place, each atomically."""
+    print(f"Converting {len(paths)} episode files to the block format, once.", file=sys.stderr)
+    for path in tqdm.tqdm(paths, disable=len(paths) < 50, file=sys.stderr):
+        atomic_write(path, encode_episode(load_episode(path)))
 
 
 class Replay:
-    """Episodes on disk with a bounded cache in memory.
+    """Episodes on disk, sampled as training chunks.
 
-    Training chunks are drawn uniformly over stored episodes (then uniformly
-    over start offsets); episodes not in the cache are read from disk, so
-    memory stays bounded however long the run. Files that fail to load are
-    reported once and skipped. The trainer adds episodes while the batch
-    thread samples, so both go through one lock.
+    Chunks are drawn uniformly over stored episodes (then uniformly over start
+    offsets). Only the episodes' small arrays stay in memory; images are read
+    from their files block by block, so memory stays small however long the
+    run, and the page cache keeps the files that fit in RAM. Files that fail
+    to load are reported once and skipped. The collector adds episodes while
+    the batch thread samples, so both go through one lock.
     """
 
-    def __init__(self, directory: pathlib.Path, cache: int, seed: int = 0):
+    def __init__(self, directory: pathlib.Path, seed: int = 0):
         self.directory = pathlib.Path(directory)
-        self._cache_size = cache
-        self._cache: dict[pathlib.Path, dict] = {}
-        self._lengths: dict[pathlib.Path, int] = {}
-        self._bad: set[pathlib.Path] = set()
+        self._episodes: list[Stored] = []
+        self._known: set[pathlib.Path] = set()  # Indexed or skipped.
+        self._longest = 0  # Steps of the longest episode.
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.refresh()
 
     def refresh(self) -> None:
-        """Takes in episode files that appeared on disk."""
+        """Takes in episode files that appeared on disk; converts those of the
+        older format first."""
+        old = []
+        for path in list_episodes(self.directory):
+            if path not in self._known and self._index(path) == "old":
+                old.append(path)
+        if old:
+            convert_episodes(old)
+            for path in old:
+                self._index(path)
+
+    def add(self, path: pathlib.Path) -> None:
+        """Takes in an episode that save_episode just wrote."""
+        self._index(path)
+
+    def _index(self, path: pathlib.Path) -> str | None:
+        try:
+            stored = Stored(path)
+            if stored.length != episode_length(path) + 1:
+                raise ValueError("length does not match its name")
+        except OldFormat:
+            return "old"
+        except Exception as e:  # noqa: BLE001 (any unreadable file is skipped, never fatal)
+            return self._skip(path, f"{type(e).__name__}: {e}")
         with self._lock:
-            for path in list_episodes(self.directory):
-                if path not in self._lengths and path not in self._bad:
-                    try:
-                        self._lengths[path] = episode_length(path)
-                    except ValueError:
-                        self._skip(path, "name does not end in -<length>")
+            self._episodes.append(stored)
+            self._known.add(path)
+            self._longest = max(self._longest, stored.length)
 
     @property
     def episodes(self) -> int:
-        return len(self._lengths)
+        return len(self._episodes)
 
     @property
     def steps(self) -> int:
         """Stored transitions (agent steps)."""
         with self._lock:
-            return sum(self._lengths.values())
-
-    def add(self, path: pathlib.Path, episode: dict) -> None:
-        with self._lock:
-            self._lengths[path] = len(episode["reward"]) - 1
-            self._store(path, episode)
+            return sum(stored.length - 1 for stored in self._episodes)
 
     def sample(self, length: int) -> dict:
-        """One chunk of `length` steps from a single episode (batch-major)."""
-        with self._lock:
-            return self._sample(length)
+        """One chunk of `length` steps from a single episode (time-major)."""
+        return {k: v[0] for k, v in self.sample_batch(1, length).items()}
 
-    def _sample(self, length: int) -> dict:
-        candidates = [p for p, n in self._lengths.items() if n + 1 >= length]
-        while candidates:
-            path = self._rng.choice(candidates)
-            episode = self._get(path)
-            if episode is None:
-                candidates.remove(path)
+    def sample_batch(self, size: int, length: int, spec: dict | None = None) -> dict:
+        """`size` chunks (batch, time, ...) of the keys in `spec` (key: (shape,
+        dtype); by default every array of the episodes)."""
+        batch = None
+        row = 0
+        while row < size:
+            stored, start = self._choose(length)
+            spec = spec or stored.spec
+            if batch is None:
+                batch = {k: np.empty((size, length, *shape), dtype)
+                         for k, (shape, dtype) in spec.items()}
+            try:
+                for key in spec:
+                    if key in stored.images:
+                        stored.read(key, start, start + length, batch[key][row])
+                    else:
+                        batch[key][row] = stored.arrays[key][start:start + length]
+            except (OSError, ValueError, lz4.block.LZ4BlockError) as e:  # Damaged since.
+                self._skip(stored.path, f"{type(e).__name__}: {e}")
                 continue
-            total = len(episode["reward"])
-            start = self._rng.randint(0, total - length)
-            return {k: v[start : start + length] for k, v in episode.items()}
-        raise RuntimeError(
-            f"No episode of at least {length} steps in {self.directory}; "
-            "lower --batch_length or collect longer episodes."
-        )
+            row += 1
+        return batch
 
-    def _get(self, path: pathlib.Path) -> dict | None:
-        if path in self._cache:
-            return self._cache[path]
-        try:
-            episode = load_episode(path)
-            if len(episode["reward"]) != self._lengths[path] + 1:
-                raise ValueError("length does not match its name")
-        except Exception as e:  # noqa: BLE001 (any unreadable file is skipped, never fatal)
-            self._skip(path, f"{type(e).__name__}: {e}")
-            return None
-        self._store(path, episode)
-        return episode
-
-    def _store(self, path: pathlib.Path, episode: dict) -> None:
-        if self._cache_size <= 0:
-            return
-        if len(self._cache) >= self._cache_size:
-            # Random eviction keeps the cache an unbiased subset of the replay.
-            del self._cache[self._rng.choice(list(self._cache))]
-        self._cache[path] = episode
+    def _choose(self, length: int) -> tuple[Stored, int]:
+        with self._lock:
+            if self._longest < length:
+                raise RuntimeError(
+                    f"No episode of at least {length} steps in {self.directory}; "
+                    "lower --batch_length or collect longer episodes.")
+            while True:  # Uniform over the episodes that are long enough.
+                stored = self._rng.choice(self._episodes)
+                if stored.length >= length:
+                    return stored, self._rng.randint(0, stored.length - length)
 
     def _skip(self, path: pathlib.Path, why: str) -> None:
         print(f"Skipping unreadable episode {path.name}: {why}", file=sys.stderr)
-        self._bad.add(path)
-        self._lengths.pop(path, None)
-        self._cache.pop(path, None)
+        with self._lock:
+            self._known.add(path)
+            self._episodes = [stored for stored in self._episodes if stored.path != path]
+            self._longest = max((stored.length for stored in self._episodes), default=0)
 
 
-def sample_batches(
-    replay: Replay, spec: dict, batch_size: int, batch_length: int, prefetch: int = 2
-) -> Iterator[dict]:
-    """Batches of chunks (batch, time, ...) as numpy arrays, stacked ahead of
-    the trainer by a background thread; episodes added to the replay are
-    sampled from as soon as they are stored. Not a tf.data generator dataset:
-    while one is live, every TensorFlow call in the process runs slower."""
+def sample_batches(replay: Replay, spec: dict, batch_size: int, batch_length: int,
+                   prepare: Callable = lambda batch: batch, prefetch: int = 2) -> Iterator:
+    """Batches of chunks (batch, time, ...), sampled and passed through
+    `prepare` (for example onto the training device) by a background thread,
+    `prefetch` ahead of the trainer; episodes added to the replay are sampled
+    from as soon as they are stored. Not a tf.data generator dataset: while
+    one is live, every TensorFlow call in the process runs slower."""
     batches: queue.Queue = queue.Queue(prefetch)
 
     def produce():
         try:
             while True:
-                chunks = [replay.sample(batch_length) for _ in range(batch_size)]
-                batches.put({k: np.stack([chunk[k] for chunk in chunks]).astype(dtype, copy=False)
-                             for k, (_, dtype) in spec.items()})
+                batches.put(prepare(replay.sample_batch(batch_size, batch_length, spec)))
         except Exception as e:  # noqa: BLE001 (raised again in the trainer)
             batches.put(e)
 

@@ -37,7 +37,7 @@ FLAGS = [
     "--model_lr", "1e-3", "--actor_lr", "3e-4", "--value_lr", "3e-4",
     "--decoder_std", "0.03", "--free_nats", "1",
     "--eval_every", str(STEPS), "--eval_episodes", "10", "--log_every", str(STEPS),
-    "--log_videos", "False", "--replay_cache", "1000"]
+    "--log_videos", "False"]
 
 
 class Reach:

@@ -10,7 +10,6 @@ import fcntl
 import functools
 import gc
 import hashlib
-import io
 import json
 import os
 import pathlib
@@ -378,12 +377,12 @@ def test_repeated_nonfinite_steps_stop_the_run(trained, tmp_path):
         import sys
         import numpy as np
         import tools
-        original = tools.Replay.sample
-        def sample(self, length):
-            chunk = dict(original(self, length))
-            chunk["reward"] = np.full_like(chunk["reward"], np.nan)
-            return chunk
-        tools.Replay.sample = sample
+        original = tools.Replay.sample_batch
+        def sample_batch(self, *args):
+            batch = original(self, *args)
+            batch["reward"][:] = np.nan
+            return batch
+        tools.Replay.sample_batch = sample_batch
     """)
     run = Run(logdir, *FAST, "--steps", "1100", "--max_nonfinite", "3", script=script)
     code = run.wait()
@@ -582,7 +581,8 @@ def test_policy_memory_is_flat():
 
 
 def test_replay_memory_is_bounded(tmp_path):
-    """A Replay with cache 50 over 1,000 episodes on disk stays flat over 3,000 samples."""
+    """A Replay over 1,000 episodes on disk stays flat over 3,000 samples: images
+    are read from the files, never kept."""
     rng = np.random.default_rng(0)
     blobs = []
     for _ in range(8):  # Blocky noise: 60 KB files that still hold 750 KB each.
@@ -591,21 +591,18 @@ def test_replay_memory_is_bounded(tmp_path):
                        reward=rng.normal(size=61).astype(np.float32),
                        discount=np.ones(61, np.float32))
         episode["action"][0] = episode["reward"][0] = 0
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **episode)
-        blobs.append(buffer.getvalue())
+        blobs.append(tools.encode_episode(episode))
     directory = tmp_path / "episodes"
     directory.mkdir()
     for i in range(1000):
         name = f"20200101T{i // 60 % 24:02d}{i % 60:02d}00-{uuid.uuid4().hex}-60.npz"
         (directory / name).write_bytes(blobs[i % len(blobs)])
-    replay = tools.Replay(directory, cache=50, seed=0)
+    replay = tools.Replay(directory, seed=0)
     assert replay.episodes == 1000 and replay.steps == 60_000
     start = rss()
     for _ in range(3000):
         chunk = replay.sample(10)
         assert chunk["image"].shape == (10, 64, 64, 3)
-        assert len(replay._cache) <= 50
     growth = rss() - start
     assert growth < 200 * 2**20, f"{growth / 2**20:.0f} MiB"
     assert replay.episodes == 1000  # Nothing was skipped.

@@ -90,7 +90,7 @@ def test_save_and_load_episode(tmp_path):
 def test_replay_chunks_stay_in_one_episode(tmp_path):
     for tag, length in enumerate([5, 12, 30]):
         tools.save_episode(tmp_path, make_episode(length, tag + 1))
-    replay = tools.Replay(tmp_path, cache=1, seed=1)
+    replay = tools.Replay(tmp_path, seed=1)
     assert replay.episodes == 3 and replay.steps == 47
     seen = set()
     for _ in range(200):
@@ -102,14 +102,13 @@ def test_replay_chunks_stay_in_one_episode(tmp_path):
         assert (chunk["image"] == tag).all() and (chunk["action"] == tag).all()
         np.testing.assert_array_equal(np.diff(chunk["reward"]), 1)
     assert seen == {2, 3}  # The 5-step episode is too short for 8 steps.
-    assert len(replay._cache) <= 1
 
 
 def test_replay_skips_corrupt_files(tmp_path, capsys):
     good = tools.save_episode(tmp_path, make_episode(10, 1))
     bad = tmp_path / "20200101T000000-deadbeef-10.npz"
     bad.write_bytes(good.read_bytes()[:100])  # Truncated.
-    replay = tools.Replay(tmp_path, cache=0)
+    replay = tools.Replay(tmp_path)
     for _ in range(20):
         assert replay.sample(5)["action"][0, 0] == 1
     assert bad.name in capsys.readouterr().err
@@ -118,7 +117,7 @@ def test_replay_skips_corrupt_files(tmp_path, capsys):
 
 def test_sample_batches(tmp_path):
     tools.save_episode(tmp_path, make_episode(15, 1))
-    replay = tools.Replay(tmp_path, cache=10)
+    replay = tools.Replay(tmp_path)
     spec = {"image": ((64, 64, 3), np.uint8), "reward": ((), np.float32),
             "action": ((2,), np.float32), "discount": ((), np.float32)}
     batch = next(tools.sample_batches(replay, spec, 3, 6))
@@ -131,7 +130,7 @@ def test_sample_batches(tmp_path):
 
 def test_sample_batches_raises_sampling_errors(tmp_path):
     tools.save_episode(tmp_path, make_episode(5, 1))
-    replay = tools.Replay(tmp_path, cache=10)
+    replay = tools.Replay(tmp_path)
     with pytest.raises(RuntimeError, match="No episode of at least 20 steps"):
         next(tools.sample_batches(replay, {"reward": ((), np.float32)}, 2, 20))
 
@@ -148,9 +147,63 @@ def test_schedule_and_every():
 
 def test_replay_samples_added_episodes(tmp_path):
     tools.save_episode(tmp_path, make_episode(5, 1))
-    replay = tools.Replay(tmp_path, cache=10)
+    replay = tools.Replay(tmp_path)
     with pytest.raises(RuntimeError, match="batch_length"):
         replay.sample(8)
     episode = make_episode(20, 2)
-    replay.add(tools.save_episode(tmp_path, episode), episode)
+    replay.add(tools.save_episode(tmp_path, episode))
     assert replay.sample(8)["action"][0, 0] == 2 and replay.steps == 25
+
+
+def counting_episode(steps: int) -> dict:
+    """Image t holds t in every pixel (mod 256), so chunks show which steps they read."""
+    image = np.arange(steps, dtype=np.uint8)[:, None, None, None] * np.ones((8, 8, 3), np.uint8)
+    return dict(image=image, reward=np.arange(steps, dtype=np.float32),
+                action=np.zeros((steps, 2), np.float32), discount=np.ones(steps, np.float32))
+
+
+def test_chunks_read_the_right_image_blocks(tmp_path):
+    """Chunks that start and end inside blocks, span several or sit at the end
+    get exactly their steps' images."""
+    steps = 3 * tools.BLOCK + 7  # Ends in a partial block.
+    path = tools.save_episode(tmp_path, counting_episode(steps))
+    with np.load(path) as data:  # The small arrays need numpy alone.
+        np.testing.assert_array_equal(data["reward"], np.arange(steps))
+    replay = tools.Replay(tmp_path, seed=3)
+    starts = set()
+    for _ in range(300):
+        chunk = replay.sample(13)
+        start = int(chunk["reward"][0])
+        starts.add(start)
+        expected = np.arange(start, start + 13, dtype=np.uint8)
+        np.testing.assert_array_equal(chunk["image"][:, 0, 0, 0], expected)
+        assert (chunk["image"] == expected[:, None, None, None]).all()
+    assert starts == set(range(steps - 13 + 1))  # Every start, the last one included.
+
+
+def test_older_episode_files_are_converted_in_place(tmp_path, capsys):
+    """Episodes saved whole with np.savez_compressed (the older format) are
+    rewritten as blocks once, under the same name, with the same arrays."""
+    episode = counting_episode(25)
+    path = tmp_path / "20200101T000000-0123abcd-24.npz"
+    np.savez_compressed(path, **episode)
+    replay = tools.Replay(tmp_path)
+    assert "Converting 1 episode" in capsys.readouterr().err
+    assert tools.list_episodes(tmp_path) == [path] and replay.episodes == 1
+    loaded = tools.load_episode(path)
+    for key in episode:
+        np.testing.assert_array_equal(loaded[key], episode[key])
+    with np.load(path) as data:
+        assert "image.lz4" in data.files and "image" not in data.files
+    chunk = replay.sample(10)
+    assert (chunk["image"][:, 0, 0, 0] == chunk["reward"]).all()
+
+
+def test_replay_skips_files_damaged_after_indexing(tmp_path, capsys):
+    good = tools.save_episode(tmp_path, make_episode(30, 1))
+    bad = tools.save_episode(tmp_path, make_episode(30, 2))
+    replay = tools.Replay(tmp_path)
+    bad.write_bytes(bad.read_bytes()[:200])  # Truncated under the replay's feet.
+    batch = replay.sample_batch(20, 10)
+    assert (batch["action"] == 1).all()
+    assert bad.name in capsys.readouterr().err and replay.episodes == 1 and good.exists()
