@@ -120,9 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     agent = dreamer.Dreamer(config, obs_space, act_space)
     if not dreamer.restore_checkpoint(agent, logdir / "checkpoint"):
         sys.exit(f"imagination_probe.py: error: no checkpoint in {logdir}")
-    replay = tools.Replay(logdir / "episodes", cache=1000, seed=1)
-    chunks = [replay.sample(config.batch_length) for _ in range(64)]
-    data = {k: tf.constant(np.stack([c[k] for c in chunks])) for k in chunks[0]}
+    replay = tools.Replay(logdir / "episodes", seed=1)
+    data = {k: tf.constant(v) for k, v in replay.sample_batch(64, config.batch_length).items()}
     post, _ = agent.rssm.observe(agent.encoder(data[config.obs]), data["action"])
     start = {k: tf.reshape(v, [-1, v.shape[-1]]) for k, v in post.items()}
     print(f"step {int(agent.step.numpy())}; replay reward per step "

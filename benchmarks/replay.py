@@ -1,20 +1,19 @@
 """Batch speed, memory and disk use of the replay (tools.Replay) with many episodes stored.
 
-python benchmarks/replay.py [--episodes 1000 5000] [--cache 400] [--dir /tmp/replay_bench]
-    [--full_cache 1000] [--batches 20] [--out benchmarks/results/replay.json]
+python benchmarks/replay.py [--episodes 1000 5000] [--dir /tmp/replay_bench]
+    [--batches 20] [--out benchmarks/results/replay.json]
 
 Collects one dmc_walker_walk episode of random actions with the trainer's Driver (1000 frames
 at action repeat 2: 501 steps of 64x64x3 images), stores it with tools.save_episode and copies
 the file under new episode names until --dir holds the largest N (the folder of each N links
 into that one set of files); a rerun reuses them.
 For each N, in a fresh process so that one row's memory does not carry into the next, it
-times one 50x50 batch (50 chunks of 50 steps) from tools.sample_batches, the median over
---batches once the cache is full, and reads the process's anonymous resident memory (RssAnon
-in /proc/self/status: the cache and batches, not the page cache of the files). Disk use per
-1e6 env steps comes from the file sizes. For each N in --full_cache it does the same with a
-cache that holds every episode. The files were just written, so reads come from the page
-cache when it has room, as they do in a run whose replay fits in RAM. Prints a table and
-writes every number to a JSON file.
+times one 50x50 batch (50 chunks of 50 steps) from tools.sample_batches (one sampler thread),
+the median over --batches after a few warm-up batches, and reads the process's anonymous
+resident memory (RssAnon in /proc/self/status: the replay's index and the batches, not the
+page cache of the files). Disk use per 1e6 env steps comes from the file sizes. The files
+were just written, so reads come from the page cache when it has room, as they do in a run
+whose replay fits in RAM. Prints a table and writes every number to a JSON file.
 """
 
 import argparse
@@ -114,22 +113,21 @@ def rss_anon_gib() -> float:
     raise RuntimeError("No RssAnon in /proc/self/status: this needs Linux.")
 
 
-def measure(directory: pathlib.Path, cache: int, batches: int, batch_size: int,
-            batch_length: int, seed: int = 0) -> dict:
-    """Milliseconds per batch from the trainer's sampler once its cache is full, and the
-    anonymous memory before the replay is built and after the timed batches."""
+def measure(directory: pathlib.Path, batches: int, batch_size: int, batch_length: int,
+            seed: int = 0) -> dict:
+    """Milliseconds per batch from the trainer's sampler, and the anonymous memory before the
+    replay is built and after the timed batches."""
     base = rss_anon_gib()
-    replay = tools.Replay(directory, cache, seed)
+    start = time.perf_counter()
+    replay = tools.Replay(directory, seed)
+    index_s = time.perf_counter() - start
     first = tools.load_episode(tools.list_episodes(directory)[0])
     spec = {key: (value.shape[1:], value.dtype) for key, value in first.items()}
     del first
     stream = tools.sample_batches(replay, spec, batch_size, batch_length)
-    full, warmup, start = min(cache, replay.episodes), 0, time.perf_counter()
-    # Until the cache is full, a share of chunks still reads from disk that later ones do not.
-    # The size of the private cache is the only way to see that from outside.
-    while len(replay._cache) < full or warmup < 3:
+    start = time.perf_counter()
+    for _ in range(3):
         next(stream)
-        warmup += 1
     warmup_s = time.perf_counter() - start
     times = []
     for _ in range(batches):
@@ -137,18 +135,15 @@ def measure(directory: pathlib.Path, cache: int, batches: int, batch_size: int,
         batch = next(stream)
         times.append((time.perf_counter() - start) * 1e3)
     assert batch["image"].shape[:2] == (batch_size, batch_length)
-    return dict(episodes=replay.episodes, cache=cache, cached=len(replay._cache),
-                batch_size=batch_size, batch_length=batch_length,
-                batch_ms_median=statistics.median(times), batch_ms=times,
-                warmup_batches=warmup, warmup_s=warmup_s,
-                rss_anon_gib=rss_anon_gib(), rss_anon_base_gib=base)
+    return dict(episodes=replay.episodes, batch_size=batch_size, batch_length=batch_length,
+                batch_ms_median=statistics.median(times), batch_ms=times, index_s=index_s,
+                warmup_s=warmup_s, rss_anon_gib=rss_anon_gib(), rss_anon_base_gib=base)
 
 
-def measure_in_child(directory: pathlib.Path, cache: int, args: argparse.Namespace) -> dict:
+def measure_in_child(directory: pathlib.Path, args: argparse.Namespace) -> dict:
     """measure() in a fresh process: freed arrays stay in the allocator, so memory read after
     an earlier row would include that row's."""
-    command = [sys.executable, __file__, "--measure", str(directory), "--cache", str(cache),
-               "--batches", str(args.batches), "--batch_size", str(args.batch_size),
+    command = [sys.executable, __file__, "--measure", str(directory), "--batches", str(args.batches), "--batch_size", str(args.batch_size),
                "--batch_length", str(args.batch_length)]
     output = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
@@ -166,22 +161,19 @@ def machine() -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    header = (f"{'episodes':>9} {'cache':>6} {'batch ms':>9} {'anon GiB':>9} {'base GiB':>9} "
-              f"{'disk GB/1e6':>12} {'warm-up s':>10}")
+    header = (f"{'episodes':>9} {'batch ms':>9} {'anon GiB':>9} {'base GiB':>9} "
+              f"{'disk GB/1e6':>12} {'index s':>8}")
     lines = [header]
     for r in rows:
-        lines.append(f"{r['episodes']:>9} {r['cache']:>6} {r['batch_ms_median']:>9.1f} "
+        lines.append(f"{r['episodes']:>9} {r['batch_ms_median']:>9.1f} "
                      f"{r['rss_anon_gib']:>9.2f} {r['rss_anon_base_gib']:>9.2f} "
-                     f"{r['disk_gb_per_1e6_steps']:>12.2f} {r['warmup_s']:>10.1f}")
+                     f"{r['disk_gb_per_1e6_steps']:>12.2f} {r['index_s']:>8.1f}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--episodes", type=int, nargs="+", default=[1000, 5000])
-    parser.add_argument("--cache", type=int, default=dreamer.DEFAULTS["replay_cache"])
-    parser.add_argument("--full_cache", type=int, nargs="*", default=[1000],
-                        help="episode counts also timed with a cache that holds them all")
     parser.add_argument("--dir", default="/tmp/replay_bench",
                         help="episode files; kept for reruns (delete it when done)")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per row")
@@ -191,21 +183,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # One row, in the child process.
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(pathlib.Path(args.measure), args.cache, args.batches,
-                                 args.batch_size, args.batch_length)))
+        print(json.dumps(measure(pathlib.Path(args.measure), args.batches, args.batch_size,
+                                 args.batch_length)))
         return
 
     root = pathlib.Path(args.dir)
-    counts = sorted(set(args.episodes) | set(args.full_cache))
     start = time.time()
     template = collect_template(root / "template")
-    write_copies(template, root / "pool", max(counts))
-    print(f"{max(counts)} episode files ready in {time.time() - start:.0f} s", flush=True)
-    runs = [(n, args.cache) for n in args.episodes] + [(n, n) for n in args.full_cache]
+    write_copies(template, root / "pool", max(args.episodes))
+    print(f"{max(args.episodes)} episode files ready in {time.time() - start:.0f} s", flush=True)
     rows = []
-    for n, cache in runs:
+    for n in args.episodes:
         directory = replay_dir(root / "pool", root / f"n{n}", n)
-        rows.append({**measure_in_child(directory, cache, args),
+        rows.append({**measure_in_child(directory, args),
                      **disk_figures(directory, dreamer.DEFAULTS["action_repeat"])})
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     results = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
