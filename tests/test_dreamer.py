@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import dreamer
+import tools
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OBS_SPACE = {"image": ((64, 64, 3), np.uint8), "reward": ((), np.float32)}
@@ -279,11 +280,11 @@ def test_debug_run_then_resume(tmp_path):
     assert "Prefill" in first.stdout
     episodes = sorted((logdir / "episodes").glob("*.npz"))
     assert len(episodes) >= 10
-    with np.load(episodes[0]) as episode:
-        assert episode["image"].shape == (101, 64, 64, 3) and episode["image"].dtype == np.uint8
-        assert episode["action"].shape == (101, 6)
-        assert (episode["action"][0] == 0).all() and episode["reward"][0] == 0
-        assert episode["discount"].shape == (101,)
+    episode = tools.load_episode(episodes[0])
+    assert episode["image"].shape == (101, 64, 64, 3) and episode["image"].dtype == np.uint8
+    assert episode["action"].shape == (101, 6)
+    assert (episode["action"][0] == 0).all() and episode["reward"][0] == 0
+    assert episode["discount"].shape == (101,)
     metrics = read_metrics(logdir)
     assert all("step" in m for m in metrics)
     losses = [m for m in metrics if "train/model_loss" in m]

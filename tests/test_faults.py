@@ -110,8 +110,7 @@ def check_episodes(logdir: pathlib.Path) -> int:
     total = 0
     for path in episode_files(logdir):
         transitions = int(path.stem.rsplit("-", 1)[-1])
-        with np.load(path) as data:
-            episode = {key: data[key] for key in data.files}
+        episode = tools.load_episode(path)
         assert {"image", "action", "reward", "discount"} <= set(episode), path.name
         for key, value in episode.items():
             assert len(value) == transitions + 1, (path.name, key, value.shape)
