@@ -4,7 +4,8 @@ python benchmarks/speed.py [--quick] [--out benchmarks/results/speed.json]
     [--precision 16|32 ...] [extra dreamer.py flags, e.g. --jit True]
 
 Measures seconds per gradient step (batch 50x50 and 16x50, and the state
-step of the learning benchmark: cartpole, `--obs state --configs cpu_state`), policy
+step of the learning benchmark: cartpole, `--obs state --configs cpu_state`), the
+time each step waits for data when the replay's sampler feeds it, policy
 latency (batch 1), the environment step with and without fast rendering, collection
 frames/s with one and two env workers, and this machine's matmul GFLOP/s, of
 which the gradient step's achieved FLOP rate is given as a fraction. Prints a
@@ -19,8 +20,10 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -32,6 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import tools
 import wrappers
 
 # (comparison, bound, unit); each is checked against a median.
@@ -126,16 +130,16 @@ MODELS = {
 
 
 def synthetic_batch(batch: int, length: int, model: str, seed: int = 0) -> dict:
+    """Random data of the model's shapes (numpy), batch-major."""
     rng = np.random.default_rng(seed)
     obs_space, act, _ = MODELS[model]
     [(key, (shape, dtype))] = obs_space.items()
     obs = (rng.integers(0, 256, (batch, length, *shape)) if dtype == np.uint8
            else rng.normal(size=(batch, length, *shape)))
     actions = rng.uniform(-1, 1, (batch, length, *act["shape"]))
-    return {key: tf.constant(obs.astype(dtype)),
-            "action": tf.constant(actions.astype(np.float32)),
-            "reward": tf.constant(rng.normal(size=(batch, length)).astype(np.float32)),
-            "discount": tf.ones((batch, length), tf.float32)}
+    return {key: obs.astype(dtype), "action": actions.astype(np.float32),
+            "reward": rng.normal(size=(batch, length)).astype(np.float32),
+            "discount": np.ones((batch, length), np.float32)}
 
 
 def build_agent(extra: list[str], precision: int, batch: int = 50, length: int = 50,
@@ -186,7 +190,7 @@ def grad_step(extra: list[str], precision: int, batch: int, length: int,
               settings: dict, model: str = "image",
               trace: str | None = None) -> tuple[dict, dreamer.Dreamer]:
     agent = build_agent(extra, precision, batch, length, model)
-    data = synthetic_batch(batch, length, model)
+    data = dreamer.to_tensors(synthetic_batch(batch, length, model))
     result = dict(batch=[batch, length], precision=precision, model=model,
                   dtype_policy=keras.mixed_precision.global_policy().name,  # What ran.
                   **step_flops(agent, data))
@@ -197,11 +201,39 @@ def grad_step(extra: list[str], precision: int, batch: int, length: int,
                   settings["warmup"] - 1)
     result.update(seconds=summary(times), times_s=times)
     result["achieved_gflops"] = result["flops"] / result["seconds"]["median"] / 1e9
+    result["replay_fed"] = replay_fed(agent, batch, length, model, settings)
     if trace:  # TensorBoard's profile tab shows where the step's time goes.
         tf.profiler.experimental.start(trace)
         agent.train(data)["model_loss"].numpy()
         tf.profiler.experimental.stop()
     return result, agent
+
+
+def replay_fed(agent: dreamer.Dreamer, batch: int, length: int, model: str,
+               settings: dict) -> dict:
+    """The step fed as in training, by the replay's sampler thread from episodes on
+    disk: milliseconds each step waits for its batch (zero when the sampler keeps
+    ahead) and seconds per step, waiting included."""
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="speed-replay-"))
+    try:
+        for seed in range(4):  # Random frames: the codec's worst case.
+            episode = {k: v[0] for k, v in synthetic_batch(1, 2 * length, model, seed).items()}
+            tools.save_episode(directory, episode)
+        replay = tools.Replay(directory)
+        spec = {k: (v.shape[1:], v.dtype) for k, v in episode.items()}
+        batches = tools.sample_batches(replay, spec, batch, length, agent.distribute)
+        waits, steps = [], []
+        for rep in range(settings["warmup"] + settings["grad_reps"]):
+            start = time.perf_counter()
+            data = next(batches)
+            fed = time.perf_counter()
+            agent.train(data)["model_loss"].numpy()
+            if rep >= settings["warmup"]:
+                waits.append(fed - start)
+                steps.append(time.perf_counter() - start)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return dict(wait_ms=summary(waits, 1e3), seconds=summary(steps))
 
 
 def policy_latency(agent: dreamer.Dreamer, calls: int) -> dict:
@@ -301,6 +333,10 @@ def table_rows(results: dict, first: int) -> list[tuple[str, str, str, str]]:
         name += " state" if g["model"] == "state" else ""
         rows.append((f"grad step {name} p{g['precision']} ({g['dtype_policy']}) s (median, min)",
                      f"{g['seconds']['median']:.3f}, {g['seconds']['min']:.3f}", *target))
+        fed = g["replay_fed"]
+        rows.append(("  fed by the replay: data wait ms, step s (medians)",
+                     f"{fed['wait_ms']['median']:.1f}, {fed['seconds']['median']:.3f}",
+                     "0 ms", "yes" if fed["wait_ms"]["median"] < 1 else "NO"))
         rows.append((f"  GFLOP/step, GFLOP/s, fraction of matmul {g['peak_dtype']}",
                      (f"{g['flops'] / 1e9:.0f}, {g['achieved_gflops']:.0f}, "
                       f"{g['fraction_of_matmul']:.2f}"), "-", ""))

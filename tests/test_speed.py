@@ -28,3 +28,13 @@ def test_flops_of_a_matmul_and_a_conv_by_hand():
     flops = {op.type: speed.op_flops(op) for op in graph.get_operations() if speed.op_flops(op)}
     # 2 x multiply-adds: 3 x 7 outputs of 5 terms; 2 x 4 x 4 x 6 outputs of 3 x 3 x 4 terms.
     assert flops == {"MatMul": 2 * 3 * 7 * 5, "Conv2D": 2 * (2 * 4 * 4 * 6) * (3 * 3 * 4)}
+
+
+def test_replay_fed_rows_time_the_wait_and_the_step():
+    agent = speed.build_agent(["--configs", "debug"], 32, batch=4, length=10)
+    before = int(agent.model_opt.adam.iterations.numpy())
+    fed = speed.replay_fed(agent, 4, 10, "image", dict(warmup=1, grad_reps=3))
+    assert int(agent.model_opt.adam.iterations.numpy()) == before + 4  # Every batch trained.
+    assert fed["wait_ms"]["count"] == fed["seconds"]["count"] == 3
+    assert 0 <= fed["wait_ms"]["min"] <= fed["wait_ms"]["median"]
+    assert fed["seconds"]["median"] >= fed["wait_ms"]["median"] / 1e3 > -1
