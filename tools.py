@@ -58,7 +58,7 @@ def remove_temporaries(logdir: pathlib.Path) -> None:
 # decompresses only the blocks it spans, fast enough at millions of stored steps
 # without holding episodes in memory. The other arrays are plain .npy members.
 BLOCK = 10
-LZ4 = ".lz4"  # Suffix of an image's member names: KEY.lz4 (blocks), KEY.lz4.ends, KEY.lz4.shape.
+LZ4 = ".lz4"  # An image KEY's members: KEY.lz4 (the blocks), KEY.lz4.{ends,shape,block}.
 
 
 def save_episode(directory: pathlib.Path, episode: dict) -> pathlib.Path:
@@ -87,6 +87,7 @@ def encode_episode(episode: dict) -> bytes:
         members[key + LZ4] = np.frombuffer(b"".join(blocks), np.uint8)
         members[key + LZ4 + ".ends"] = np.cumsum([len(b) for b in blocks], dtype=np.int64)
         members[key + LZ4 + ".shape"] = np.array(value.shape, np.int64)
+        members[key + LZ4 + ".block"] = np.int64(BLOCK)
     buffer = io.BytesIO()
     np.savez(buffer, **members)
     return buffer.getvalue()
@@ -131,21 +132,22 @@ class Stored:
                 if key.endswith(LZ4):
                     offset = member_offset(f, data.zip.getinfo(key + ".npy"))
                     bounds = np.concatenate([[0], data[key + ".ends"]])
-                    self.images[key[:-len(LZ4)]] = (offset, bounds, tuple(data[key + ".shape"]))
+                    self.images[key[:-len(LZ4)]] = (offset, bounds, tuple(data[key + ".shape"]),
+                                                    int(data[key + ".block"]))
                 elif LZ4 not in key:
                     self.arrays[key] = data[key]
         self.length = len(self.arrays["reward"])  # Steps, the reset's included.
-        for _, bounds, shape in self.images.values():
-            if shape[0] != self.length or len(bounds) != -(-self.length // BLOCK) + 1:
+        for _, bounds, shape, block in self.images.values():
+            if shape[0] != self.length or len(bounds) != -(-self.length // block) + 1:
                 raise ValueError("image blocks do not match the episode's length")
         self.spec = {k: (v.shape[1:], v.dtype) for k, v in self.arrays.items()}
-        self.spec.update({k: (shape[1:], np.uint8) for k, (_, _, shape) in self.images.items()})
+        self.spec.update({k: (v[2][1:], np.uint8) for k, v in self.images.items()})
 
     def read(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
         """Writes steps [start, stop) of an image into `out`, decompressing only
         the blocks they span."""
-        offset, bounds, shape = self.images[key]
-        first, last = start // BLOCK, (stop - 1) // BLOCK
+        offset, bounds, shape, steps = self.images[key]
+        first, last = start // steps, (stop - 1) // steps
         fd = os.open(self.path, os.O_RDONLY)
         try:
             blob = os.pread(fd, int(bounds[last + 1] - bounds[first]), offset + int(bounds[first]))
@@ -158,7 +160,7 @@ class Stored:
             a, b = bounds[block] - bounds[first], bounds[block + 1] - bounds[first]
             frames = np.frombuffer(lz4.block.decompress(blob[a:b]), np.uint8)
             frames = frames.reshape((-1,) + shape[1:])
-            lo, hi = max(start - block * BLOCK, 0), min(stop - block * BLOCK, len(frames))
+            lo, hi = max(start - block * steps, 0), min(stop - block * steps, len(frames))
             out[filled:filled + hi - lo] = frames[lo:hi]
             filled += hi - lo
 
