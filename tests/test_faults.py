@@ -295,9 +295,12 @@ def test_kill_during_checkpoint_write_then_resume(trained, tmp_path):
 
 @pytest.mark.slow
 def test_damaged_episodes_and_checkpoint_are_skipped(trained, tmp_path):
-    """A truncated and a garbage episode and a truncated checkpoint are skipped, kept."""
+    """A truncated and a garbage episode and a truncated checkpoint are skipped, kept;
+    episodes of the older format (whole arrays, compressed) are converted and used."""
     logdir = copy_run(trained, tmp_path)
     episodes = episode_files(logdir)
+    for path in episodes[1:3]:
+        np.savez_compressed(path, **tools.load_episode(path))
     truncated = episodes[0]
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     garbage = logdir / "episodes" / f"20200101T000000-{uuid.uuid4().hex}-100.npz"
@@ -315,6 +318,10 @@ def test_damaged_episodes_and_checkpoint_are_skipped(trained, tmp_path):
     assert f"Skipping unreadable checkpoint {newest.name}" in errors
     assert f"Resumed from checkpoint at step {int(old.name)}." in run.stdout
     assert truncated.exists() and garbage.exists()  # Reported, never deleted.
+    assert "Converting 2 episode files" in errors
+    for path in episodes[1:3]:
+        with np.load(path) as data:
+            assert "image.lz4" in data.files
     records = tools.read_metrics(logdir)
     assert records[-1]["step"] >= 1100
     assert all(np.isfinite(m["train/model_loss"]) for m in records if "train/model_loss" in m)
