@@ -292,6 +292,33 @@ def test_kill_during_checkpoint_write_then_resume(trained, tmp_path):
     check_episodes(logdir)
 
 
+@pytest.mark.slow
+def test_kill_with_async_collect_then_resume(trained, tmp_path):
+    """SIGKILL while the collector thread steps the envs and training runs."""
+    logdir = copy_run(trained, tmp_path)
+    flags = [*FAST, "--steps", "1300", "--async_collect", "True"]
+    run = Run(logdir, *flags)
+    # A log record comes at a round's end, with the next round's envs stepping.
+    run.wait_until(lambda: any(m["step"] > 700 and "train/model_loss" in m
+                               for m in tools.read_metrics(logdir)), "training record")
+    run.kill()
+    assert "Resumed from checkpoint at step 700." in run.stdout
+    check_episodes(logdir)
+    before = tools.read_metrics(logdir)
+    newest = int(checkpoints(logdir)[-1].name)
+
+    run = Run(logdir, *flags)
+    assert run.wait() == 0, run.stderr[-3000:]
+    assert "Prefill" not in run.stdout and "Pretrain" not in run.stdout
+    assert f"Resumed from checkpoint at step {newest}." in run.stdout
+    assert temporaries(logdir) == []
+    assert check_episodes(logdir) * 2 >= 1300 - 100  # At most one episode cut short.
+    assert_checkpoint_finite(logdir / "checkpoint" / "000000001300")
+    new = tools.read_metrics(logdir)[len(before):]
+    assert new and new[-1]["step"] == 1300 and "test/return" in new[-1]
+    assert min(m["step"] for m in new) >= max(m["step"] for m in before)
+
+
 # 2. Damaged data.
 
 
