@@ -8,17 +8,20 @@ trains and evaluates; the run's plumbing (checkpoints, devices) comes last.
 """
 
 import argparse
+import collections
 import contextlib
 import errno
 import fcntl
 import functools
 import io
+import itertools
 import json
 import os
 import pathlib
 import random
 import shutil
 import sys
+import threading
 import time
 import uuid
 
@@ -86,6 +89,7 @@ DEFAULTS = dict(
     render_fast=False,  # DMC without shadows, reflections, multisampling: other pixels, faster.
     shadow_size=0,  # MuJoCo's shadow map size; 0: the suite's own (2048); 1024 renders faster.
     envs=1,  # Env workers stepping in parallel while collecting.
+    async_collect=False,  # Envs step in a thread during the gradient steps, at the paper's ratio.
     jit=False,  # XLA for the whole train step.
     jit_policy=True,  # XLA fuses the batch-1 policy step's many small ops.
     devices=0,  # GPUs that share each batch (0: all visible).
@@ -200,6 +204,9 @@ def check_values(config: argparse.Namespace) -> None:
                              f"got {getattr(config, key)}")
     if config.state_symlog and config.obs != "state":
         raise ValueError("--state_symlog applies to state vectors; add --obs state or drop it")
+    if config.async_collect and config.train_steps <= 0:
+        raise ValueError("--async_collect paces collection by the gradient steps: "
+                         "--train_steps must be positive")
     if config.batch_length < 2:
         raise ValueError("--batch_length must be at least 2")
     if not 0 <= config.disclam <= 1 or not 0 < config.discount <= 1:
@@ -607,7 +614,7 @@ class Driver:
 
 # The run (PAPER, algorithm 1): prefill, then alternate collecting
 # train_every env steps and train_steps gradient steps; evaluate every
-# eval_every env steps.
+# eval_every env steps. --async_collect overlaps the two halves of a round.
 
 
 def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list,
@@ -617,17 +624,125 @@ def run(config, logdir: pathlib.Path, train_envs: list, test_envs: list,
         loop.prefill()
     agent = Dreamer(config, train_envs[0].obs_space, train_envs[0].act_space, strategy)
     loop.start(agent)
-    while True:
-        if loop.should_eval(loop.step) or loop.step >= config.steps:
-            loop.evaluate()
-        if loop.step >= config.steps:
-            break
-        loop.collect(config.train_every)
-        loop.train(config.train_steps)
-        if loop.should_log(loop.step):
-            loop.log()
+    if config.async_collect:
+        run_overlapped(loop)
+    else:
+        while True:
+            if loop.should_eval(loop.step) or loop.step >= config.steps:
+                loop.evaluate()
+            if loop.step >= config.steps:
+                break
+            loop.collect(config.train_every)
+            loop.train(config.train_steps)
+            if loop.should_log(loop.step):
+                loop.log()
     loop.progress.close()
     print(f"Done: {loop.step} env steps in {logdir}.")
+
+
+def run_overlapped(loop: "Loop") -> None:
+    """--async_collect: the same rounds, but each round's gradient steps run
+    while a Collector steps the envs; evaluations and checkpoints come at the
+    same round ends, with collection held there."""
+    c = loop.config
+    if loop.should_eval(loop.step) or loop.step >= c.steps:
+        loop.evaluate()
+    if loop.step >= c.steps:
+        return
+    collector = Collector(loop)
+    try:
+        for done in itertools.count(1):
+            loop.train(c.train_steps, collector)
+            if loop.should_log(loop.step):
+                loop.log()
+            last = collector.last_round is not None and done >= collector.last_round
+            if last or done == collector.eval_round:
+                loop.evaluate()
+                if last:
+                    break
+                collector.resume()
+    finally:
+        collector.stop()
+
+
+class Collector:
+    """Steps the train envs in a background thread with the current weights
+    while the main thread trains. Both count rounds since the start
+    (train_every frames, train_steps gradient steps) and wait for each other:
+    training never runs ahead of the frames collected, collection never more
+    than one round ahead of training. Collection holds at a round end where
+    the loop evaluates, and at --steps, so that evaluation and checkpoint see
+    one step. An error in the thread is raised again in the main thread."""
+
+    def __init__(self, loop: "Loop"):
+        self._loop = loop
+        self._every, self._steps = loop.config.train_every, loop.config.train_steps
+        self.frames = self.trained = 0  # Env frames collected, gradient steps, since the start.
+        self.eval_round = self.last_round = None  # Rounds that end with an evaluation.
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._collect, name="collector", daemon=True)
+        self._thread.start()
+
+    def _may_collect(self) -> bool:
+        held = self.eval_round is not None or self.last_round is not None
+        ahead = self.frames * self._steps >= (self.trained + self._steps) * self._every
+        return self._stopped or not (held or ahead)
+
+    def _collect(self) -> None:
+        loop, policy = self._loop, self._loop.policy(True)
+        try:
+            while True:
+                with self._changed:
+                    self._changed.wait_for(self._may_collect)
+                    if self._stopped:
+                        return
+                frames = loop.train_driver(policy, 1) * loop.config.action_repeat
+                with self._changed:
+                    self._add(frames)
+                    self._changed.notify_all()
+        except BaseException as e:  # noqa: BLE001 (raised again in the main thread)
+            with self._changed:
+                self._error = e
+                self._changed.notify_all()
+
+    def _add(self, frames: int) -> None:
+        """Counts the frames; at a round end, asks the loop whether to
+        evaluate there, as the loop without this thread does."""
+        loop, before = self._loop, self.frames // self._every
+        self.frames += frames
+        loop.step += frames
+        if loop.step >= loop.config.steps:  # The last round, whole or not, is trained.
+            self.last_round = -(-self.frames // self._every)
+        elif self.frames // self._every > before and loop.should_eval(loop.step):
+            self.eval_round = self.frames // self._every
+
+    def wait_to_train(self) -> None:
+        """Blocks until the next gradient step is within the frames collected
+        (or collection reached --steps and the round may end)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._error or self.last_round is not None or (
+                (self.trained + 1) * self._every <= self.frames * self._steps))
+            if self._error:
+                raise self._error
+
+    def step_trained(self) -> None:
+        with self._changed:
+            self.trained += 1
+            self._changed.notify_all()
+
+    def resume(self) -> None:
+        """Lets collection go on past the round end it held at."""
+        with self._changed:
+            self.eval_round = None
+            self._changed.notify_all()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+        self._thread.join()
 
 
 class Loop:
@@ -654,12 +769,22 @@ class Loop:
         self.checkpoints = logdir / "checkpoint"
         self._filmed = set()  # Steps whose evaluation has its first episode on video.
         self._nonfinite = 0  # Train steps skipped in a row.
+        self._scores = collections.deque()  # Train episodes' return and length, not yet logged.
         self._last_log = (time.time(), self.step)
 
     def _on_train_episode(self, episode: dict) -> None:
         self.replay.add(tools.save_episode(self.logdir / "episodes", episode))
-        self.logger.scalar("train/return", episode["reward"].sum())
-        self.logger.scalar("train/length", (len(episode["reward"]) - 1) * self.config.action_repeat)
+        # With --async_collect the Collector's thread runs this; the logger is
+        # the main thread's alone.
+        self._scores.append((episode["reward"].sum(),
+                             (len(episode["reward"]) - 1) * self.config.action_repeat))
+
+    def _write(self, step: int) -> None:
+        while self._scores:
+            score, length = self._scores.popleft()
+            self.logger.scalar("train/return", score)
+            self.logger.scalar("train/length", length)
+        self.logger.write(step)
 
     def _on_test_episode(self, episode: dict) -> None:
         self.logger.scalar("test/return", episode["reward"].sum())
@@ -683,7 +808,7 @@ class Loop:
         self.step += self.train_driver(random_policy, steps) * c.action_repeat
         while not self.replay.episodes:
             self.step += self.train_driver(random_policy, 1) * c.action_repeat
-        self.logger.write(self.step)
+        self._write(self.step)
 
     def start(self, agent: Dreamer) -> None:
         """Restores the newest checkpoint, or pretrains a new agent."""
@@ -714,21 +839,26 @@ class Loop:
         repeat = self.config.action_repeat
         self.step += self.train_driver(self.policy(True), -(-frames // repeat)) * repeat
 
-    def train(self, steps: int) -> None:
-        """Gradient steps on replayed batches; stops the run after
+    def train(self, steps: int, collector: "Collector | None" = None) -> None:
+        """Gradient steps on replayed batches, each within the frames the
+        collector has collected if there is one; stops the run after
         max_nonfinite skipped (non-finite) steps in a row."""
         self.progress.set_description("train")
         for _ in range(steps):
+            if collector:
+                collector.wait_to_train()
             start = time.perf_counter()
             batch = next(self.batches)
             self.logger.scalar("train/data_wait_ms", (time.perf_counter() - start) * 1e3)
             metrics = {k: float(v) for k, v in self.agent.train(batch).items()}
+            if collector:
+                collector.step_trained()
             for name, value in metrics.items():
                 self.logger.scalar(f"train/{name}", value)
             skipped = any(v for k, v in metrics.items() if k.endswith("_nonfinite"))
             self._nonfinite = self._nonfinite + 1 if skipped else 0
             if self._nonfinite >= self.config.max_nonfinite:
-                self.logger.write(self.step)
+                self._write(self.step)
                 sys.exit(f"dreamer.py: error: {self._nonfinite} train steps in a row had "
                          "non-finite losses or gradients and were skipped; stopping. The "
                          f"checkpoints in {self.checkpoints} hold the last good weights.")
@@ -741,20 +871,21 @@ class Loop:
         self.logger.scalar("test/episodes", self.config.eval_episodes)
         save_checkpoint(self.agent, self.checkpoints, self.step)
         self.logger.scalar("wall_time", time.time() - self._start)
-        self.logger.write(self.step)
+        self._write(self.step)
 
     def log(self) -> None:
-        now, (last_time, last_step) = time.time(), self._last_log
-        self.logger.scalar("fps", (self.step - last_step) / (now - last_time))
+        # One reading of the step: with --async_collect the Collector counts on.
+        now, step, (last_time, last_step) = time.time(), self.step, self._last_log
+        self.logger.scalar("fps", (step - last_step) / (now - last_time))
         restarts = self.train_driver.restarts + self.test_driver.restarts
         self.logger.scalar("env_restarts", restarts)
         self.logger.scalar("wall_time", time.time() - self._start)
         if self.config.log_videos and self.config.obs == "image":
             data = self.replay.sample_batch(6, self.config.batch_length, self.spec)
             video = self.agent.open_loop(to_tensors(data)).numpy()
-            self.logger.video(self.step, "agent/openl", "openl", video)
-        self._last_log = (now, self.step)
-        self.logger.write(self.step)
+            self.logger.video(step, "agent/openl", "openl", video)
+        self._last_log = (now, step)
+        self._write(step)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import imageio.v3 as iio
 import keras
@@ -67,6 +68,7 @@ def test_env_workers_get_the_render_flags(monkeypatch):
     (["--devices", "3"], "only 1 CPU device"),
     (["--state_symlog", "True"], "state_symlog"),
     (["--shadow_size", "-1"], "shadow_size"),
+    (["--async_collect", "True", "--train_steps", "0"], "train_steps must be positive"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
     logdir = tmp_path / "run"
@@ -452,3 +454,63 @@ def test_float16_loss_scaling():
     data["reward"] = tf.fill(data["reward"].shape, np.inf)
     assert agent.train(data)["model_nonfinite"].numpy() == 1.0
     assert agent.model_opt.scale.numpy() == scales[-1] / 2
+
+
+class PacedLoop:
+    """The parts of a Loop that run_overlapped and Collector use, with envs
+    and gradient steps that only take time: training is the slower side in
+    the first rounds, collection in the later ones."""
+
+    def __init__(self, start=300, steps=1700, driver_error_at=None):
+        self.config = parse("--configs", "debug", "--steps", str(steps), "--eval_every", "1000")
+        self.step = self.start = start
+        self.should_eval = dreamer.tools.Every(self.config.eval_every)
+        self.should_log = lambda step: False
+        self.trained, self.records, self.evals = 0, [], []
+        self._driver_error_at = driver_error_at
+
+    def policy(self, training):
+        return None
+
+    def train_driver(self, policy, steps):
+        if self._driver_error_at is not None and self.step >= self._driver_error_at:
+            raise OSError(28, "No space left on device")
+        time.sleep(1e-3 if self.trained >= 6 else 1e-4)
+        return steps
+
+    def train(self, steps, collector):
+        for _ in range(steps):
+            collector.wait_to_train()
+            before = self.step
+            time.sleep(0.05 if self.trained < 6 else 0)
+            self.records.append((before, self.step, self.trained))
+            self.trained += 1
+            collector.step_trained()
+
+    def evaluate(self):
+        self.evals.append(self.step)
+
+
+def test_overlapped_collection_keeps_the_ratio_within_a_round():
+    loop = PacedLoop()
+    dreamer.run_overlapped(loop)
+    every, steps = loop.config.train_every, loop.config.train_steps
+    # The evaluations of the loop without --async_collect, at the same steps.
+    assert loop.evals == [300, 1300, 1700] and loop.step == 1700
+    assert loop.trained == steps * 3  # The last round, 400 frames, is trained whole.
+    for before, after, trained in loop.records:
+        # Training never ahead of the frames (the last round once all are in).
+        assert (trained + 1) * every <= (before - loop.start) * steps or (
+            before == 1700 and trained < steps * 3), (before, trained)
+        # Collection never more than a round (plus one env step) ahead of training.
+        assert after - loop.start <= every * (trained / steps + 1) + 2, (after, trained)
+    # The envs did step while gradient steps ran.
+    assert any(after > before for before, after, _ in loop.records)
+
+
+def test_overlapped_collection_raises_the_collectors_error_in_the_main_thread():
+    loop = PacedLoop(driver_error_at=900)
+    with pytest.raises(OSError, match="No space left"):
+        dreamer.run_overlapped(loop)
+    assert loop.step == 900 and loop.trained <= 3 * 600 // 500
+

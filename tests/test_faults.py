@@ -290,6 +290,95 @@ def test_kill_during_checkpoint_write_then_resume(trained, tmp_path):
     check_episodes(logdir)
 
 
+def read_paced_steps(path: pathlib.Path) -> list[list[dict]]:
+    """The records the driver below writes, one list a run."""
+    runs = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # Cut short by the kill.
+            continue
+        if "start" in record:
+            runs.append([record])
+        else:
+            runs[-1].append(record)
+    return runs
+
+
+@pytest.mark.slow
+def test_async_collect_keeps_the_ratio_and_resumes_after_kill(trained, tmp_path):
+    """--async_collect on a copy of a run at step 700, killed while the envs
+    step and training runs, then rerun to the end; every gradient step
+    records the env frames before and after it."""
+    logdir = copy_run(trained, tmp_path)
+    records = tmp_path / "steps.jsonl"
+    script = write_script(tmp_path, f"""
+        import json
+        import sys
+        import dreamer
+        start = dreamer.Loop.start
+        def recorded_start(self, agent):
+            start(self, agent)
+            train, out = agent.train, open({str(records)!r}, "a")
+            def record(**values):
+                out.write(json.dumps(values) + "\\n")
+                out.flush()
+            record(start=self.step)
+            def recorded_train(batch):
+                before = self.step
+                metrics = train(batch)
+                record(before=before, after=self.step)
+                return metrics
+            agent.train = recorded_train
+        dreamer.Loop.start = recorded_start
+    """)
+    # Rounds of 500 frames and 3 gradient steps from 700; an evaluation at 1200.
+    flags = [*FAST, "--steps", "1700", "--eval_every", "500", "--async_collect", "True"]
+    run = Run(logdir, *flags, script=script)
+    run.wait_until(lambda: records.exists() and any(
+        step.get("before", 0) > 1200 for steps in read_paced_steps(records) for step in steps),
+        "a gradient step after the evaluation at 1200")
+    run.kill()
+    assert "Resumed from checkpoint at step 700." in run.stdout
+    assert [p.name for p in checkpoints(logdir)] == ["000000000700", "000000001200"]
+    iterations = []
+    for path in checkpoints(logdir):
+        reader = tf.train.load_checkpoint(str(path / "ckpt"))
+        [name] = [k for k in reader.get_variable_to_shape_map()
+                  if k.startswith("model_opt/_iterations")]
+        iterations.append(reader.get_tensor(name))
+    assert iterations[1] == iterations[0] + 3  # One whole round, as without the flag.
+    before = tools.read_metrics(logdir)
+    assert [m["step"] for m in before if "test/return" in m] == [300, 700, 1200]
+    check_episodes(logdir)
+
+    run = Run(logdir, *flags, script=script)
+    assert run.wait() == 0, run.stderr[-3000:]
+    assert "Prefill" not in run.stdout and "Pretrain" not in run.stdout
+    assert "Resumed from checkpoint at step 1200." in run.stdout
+    assert temporaries(logdir) == []
+    assert check_episodes(logdir) * 2 >= 1700 - 100  # At most the killed episode is lost.
+    assert_checkpoint_finite(logdir / "checkpoint" / "000000001700")
+    new = tools.read_metrics(logdir)[len(before):]
+    assert new and new[-1]["step"] == 1700 and "test/return" in new[-1]
+    assert min(m["step"] for m in new) >= max(m["step"] for m in before)
+
+    runs = read_paced_steps(records)
+    assert len(runs) == 2 and all(len(steps) > 1 for steps in runs)
+    every, train_steps = 500, 3
+    for first, *steps in runs:
+        start = first["start"]
+        for done, step in enumerate(steps):
+            # Training never ahead of the frames (the last round once all are in).
+            assert (done + 1) * every <= (step["before"] - start) * train_steps or (
+                step["before"] == 1700), (start, done, step)
+            # Collection never more than a round (plus one env step) ahead of training.
+            assert step["after"] - start <= every * (done / train_steps + 1) + 2, (
+                start, done, step)
+    # The envs stepped while gradient steps ran.
+    assert any(step["after"] > step["before"] for _, *steps in runs for step in steps)
+
+
 # 2. Damaged data.
 
 
