@@ -943,6 +943,7 @@ def make_strategy(config: argparse.Namespace) -> tf.distribute.Strategy:
     runs without one. With TF_CONFIG set, the workers it names form one
     MultiWorkerMirroredStrategy (README: several machines)."""
     if "TF_CONFIG" in os.environ:
+        check_tf_config(os.environ["TF_CONFIG"], config)
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         devices = (tf.config.list_logical_devices("GPU")
@@ -961,6 +962,27 @@ def make_strategy(config: argparse.Namespace) -> tf.distribute.Strategy:
     if config.jit and replicas > 1:
         raise ValueError("--jit True works on a single device only: pass --devices 1")
     return strategy
+
+
+def check_tf_config(text: str, config: argparse.Namespace) -> None:
+    """TF_CONFIG as dreamer.py runs it: every machine under cluster.worker,
+    the first of them the chief, and this machine's index among them."""
+    try:
+        tf_config = json.loads(text)
+        workers, task = tf_config["cluster"]["worker"], tf_config["task"]
+        index, jobs = task["index"], sorted(tf_config["cluster"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError('TF_CONFIG must be JSON like {"cluster": {"worker": ["host0:port", '
+                         '"host1:port"]}, "task": {"type": "worker", "index": 0}}') from None
+    if jobs != ["worker"] or task.get("type") != "worker":
+        raise ValueError(f"TF_CONFIG: list every machine under cluster.worker only (the first "
+                         f"is the chief), got jobs {jobs} and task type {task.get('type')!r}")
+    if not isinstance(index, int) or not 0 <= index < len(workers):
+        raise ValueError(f"TF_CONFIG: task index {index!r} is not one of the {len(workers)} "
+                         "workers' (0 to workers - 1)")
+    if config.devices:
+        raise ValueError("--devices does not apply with TF_CONFIG: each worker uses all the "
+                         "GPUs it sees (limit them with CUDA_VISIBLE_DEVICES)")
 
 
 def cpu_has_bf16() -> bool:
