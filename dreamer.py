@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import hashlib
 import io
 import json
 import os
@@ -238,6 +239,16 @@ class Dreamer:
         self.checkpoint = tf.train.Checkpoint(
             **parts, model_opt=self.model_opt.adam, value_opt=self.value_opt.adam,
             actor_opt=self.actor_opt.adam, step=self.step)
+        self._saved = [v for part in parts.values() for v in part.variables] + [
+            v for opt in (self.model_opt, self.value_opt, self.actor_opt)
+            for v in opt.adam.variables] + [self.step]
+        # Several workers (TF_CONFIG): the first is the chief, the only one that
+        # writes checkpoints; each samples its replicas' share of the batch.
+        resolver, replicas = self.strategy.cluster_resolver, self.strategy.num_replicas_in_sync
+        self.chief = resolver is None or resolver.task_id == 0
+        self._local = len(self.strategy.extended.worker_devices) if replicas > 1 else 1
+        self._workers = replicas // self._local
+        self.local_batch = c.batch_size // self._workers
         # No autograph: the steps branch on the config only, never on a tensor.
         self.train = tf.function(self._train_step, jit_compile=c.jit, autograph=False)
         self.open_loop = tf.function(functools.partial(open_loop_video, self), autograph=False)
@@ -375,17 +386,53 @@ class Dreamer:
     def distribute(self, batch: dict):
         """A batch of numpy arrays as the train step takes it: split across
         the replicas when there are several; each worker of a multi-worker run
-        feeds its own replicas from its own replay."""
+        feeds its own replicas from its own replay (local_batch sequences)."""
         if self.strategy.num_replicas_in_sync == 1:
             return to_tensors(batch)
         size = self.config.batch_size // self.strategy.num_replicas_in_sync
-        local = len(self.strategy.extended.worker_devices)
 
         def split(context):
-            start = size * (context.replica_id_in_sync_group % local)
+            start = size * (context.replica_id_in_sync_group % self._local)
             return to_tensors({k: v[start:start + size] for k, v in batch.items()})
 
         return self.strategy.experimental_distribute_values_from_function(split)
+
+    def agree(self, resumed: bool, step: int) -> tuple[bool, int]:
+        """The workers of a multi-worker run start alike: each takes the
+        chief's variables and whether it resumed (only the chief reads
+        checkpoints) and the largest step of any, so that all run the same
+        train steps and meet at every collective. Returns (resumed, step);
+        raises ValueError where the workers' flags differ."""
+        if self._workers == 1:
+            return resumed, step
+        replicas = self.strategy.num_replicas_in_sync
+        # Flags that differ would part the workers' loops: they would wait for
+        # each other's gradient steps forever.
+        flags = {k: getattr(self.config, k) for k in DEFAULTS if k not in ("logdir", "seed")}
+        digest = int(hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:12],
+                     16)
+
+        def from_chief():
+            context = tf.distribute.get_replica_context()
+            replica = context.replica_id_in_sync_group
+            # float64 holds float32 values and int64 counters exactly: one sum carries the
+            # chief's values (the others send zeros) and each replica's step and digest.
+            mine = tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in self._saved]
+                             + [tf.constant([float(resumed)], tf.float64)], 0)
+            mine = tf.where(tf.equal(replica, 0), mine, tf.zeros_like(mine))
+            slot = tf.one_hot(replica, replicas, dtype=tf.float64)
+            return context.all_reduce("sum", tf.concat([mine, step * slot, digest * slot], 0))
+
+        total = tf.function(lambda: self.strategy.run(from_chief), autograph=False)()
+        total = self.strategy.experimental_local_results(total)[0]
+        *values, resumed, steps, digests = tf.split(
+            total, [int(np.prod(v.shape)) for v in self._saved] + [1, replicas, replicas])
+        if len(set(digests.numpy())) > 1:
+            raise ValueError("the workers were started with different flags; only --logdir "
+                             "and --seed may differ between them")
+        for variable, value in zip(self._saved, values):
+            variable.assign(tf.reshape(tf.cast(value, variable.dtype), variable.shape))
+        return bool(resumed), int(tf.reduce_max(steps))
 
     # Acting.
 
@@ -692,9 +739,15 @@ class Loop:
         self.agent = agent
         spec = {**self.obs_space, "action": (self.act_space["shape"], np.float32),
                 "discount": ((), np.float32)}
-        self.batches = tools.sample_batches(self.replay, spec, c.batch_size, c.batch_length)
-        self.checkpoints.mkdir(exist_ok=True)
-        resumed = restore_checkpoint(agent, self.checkpoints)
+        self.batches = tools.sample_batches(self.replay, spec, agent.local_batch, c.batch_length)
+        resumed = False
+        if agent.chief:
+            self.checkpoints.mkdir(exist_ok=True)
+            resumed = restore_checkpoint(agent, self.checkpoints)
+        try:
+            resumed, self.step = agent.agree(resumed, self.step)
+        except ValueError as e:
+            fail(str(e))
         if resumed:
             print(f"Resumed from checkpoint at step {int(agent.step.numpy())}.")
         else:
@@ -736,7 +789,8 @@ class Loop:
         self.test_driver.reset()
         self.test_driver(self.policy(False), episodes=self.config.eval_episodes)
         self.logger.scalar("test/episodes", self.config.eval_episodes)
-        save_checkpoint(self.agent, self.checkpoints, self.step)
+        if self.agent.chief:  # Its variables are mirrored: writing them takes no collective.
+            save_checkpoint(self.agent, self.checkpoints, self.step)
         self.logger.scalar("wall_time", time.time() - self._start)
         self.logger.write(self.step)
 
