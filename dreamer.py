@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -243,6 +244,16 @@ class Dreamer:
         self.checkpoint = tf.train.Checkpoint(
             **parts, model_opt=self.model_opt.adam, value_opt=self.value_opt.adam,
             actor_opt=self.actor_opt.adam, step=self.step)
+        self._saved = [v for part in parts.values() for v in part.variables] + [
+            v for opt in (self.model_opt, self.value_opt, self.actor_opt)
+            for v in opt.adam.variables] + [self.step]
+        # Several workers (TF_CONFIG): the first is the chief, the only one that
+        # writes checkpoints; each samples its replicas' share of the batch.
+        resolver, replicas = self.strategy.cluster_resolver, self.strategy.num_replicas_in_sync
+        self.chief = resolver is None or resolver.task_id == 0
+        self._local = len(self.strategy.extended.worker_devices) if replicas > 1 else 1
+        self._workers = replicas // self._local
+        self.local_batch = c.batch_size // self._workers
         # No autograph: the steps branch on the config only, never on a tensor.
         self.train = tf.function(self._train_step, jit_compile=c.jit, autograph=False)
         self.open_loop = tf.function(functools.partial(open_loop_video, self), autograph=False)
@@ -380,17 +391,53 @@ class Dreamer:
     def distribute(self, batch: dict):
         """A batch of numpy arrays as the train step takes it: split across
         the replicas when there are several; each worker of a multi-worker run
-        feeds its own replicas from its own replay."""
+        feeds its own replicas from its own replay (local_batch sequences)."""
         if self.strategy.num_replicas_in_sync == 1:
             return to_tensors(batch)
         size = self.config.batch_size // self.strategy.num_replicas_in_sync
-        local = len(self.strategy.extended.worker_devices)
 
         def split(context):
-            start = size * (context.replica_id_in_sync_group % local)
+            start = size * (context.replica_id_in_sync_group % self._local)
             return to_tensors({k: v[start:start + size] for k, v in batch.items()})
 
         return self.strategy.experimental_distribute_values_from_function(split)
+
+    def agree(self, resumed: bool, step: int) -> tuple[bool, int]:
+        """The workers of a multi-worker run start alike: each takes the
+        chief's variables and whether it resumed (only the chief reads
+        checkpoints) and the largest step of any, so that all run the same
+        train steps and meet at every collective. Returns (resumed, step);
+        raises ValueError where the workers' flags differ."""
+        if self._workers == 1:
+            return resumed, step
+        replicas = self.strategy.num_replicas_in_sync
+        # Flags that differ would part the workers' loops: they would wait for
+        # each other's gradient steps forever.
+        flags = {k: getattr(self.config, k) for k in DEFAULTS if k not in ("logdir", "seed")}
+        digest = int(hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:12],
+                     16)
+
+        def from_chief():
+            context = tf.distribute.get_replica_context()
+            replica = context.replica_id_in_sync_group
+            # float64 holds float32 values and int64 counters exactly: one sum carries the
+            # chief's values (the others send zeros) and each replica's step and digest.
+            mine = tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in self._saved]
+                             + [tf.constant([float(resumed)], tf.float64)], 0)
+            mine = tf.where(tf.equal(replica, 0), mine, tf.zeros_like(mine))
+            slot = tf.one_hot(replica, replicas, dtype=tf.float64)
+            return context.all_reduce("sum", tf.concat([mine, step * slot, digest * slot], 0))
+
+        total = tf.function(lambda: self.strategy.run(from_chief), autograph=False)()
+        total = self.strategy.experimental_local_results(total)[0]
+        *values, resumed, steps, digests = tf.split(
+            total, [int(np.prod(v.shape)) for v in self._saved] + [1, replicas, replicas])
+        if len(set(digests.numpy())) > 1:
+            raise ValueError("the workers were started with different flags; only --logdir "
+                             "and --seed may differ between them")
+        for variable, value in zip(self._saved, values):
+            variable.assign(tf.reshape(tf.cast(value, variable.dtype), variable.shape))
+        return bool(resumed), int(tf.reduce_max(steps))
 
     # Acting.
 
@@ -817,10 +864,16 @@ class Loop:
         self.spec = {**self.obs_space, "action": (self.act_space["shape"], np.float32),
                      "discount": ((), np.float32)}
         # Batches are sampled and placed on the device ahead of the step.
-        self.batches = tools.sample_batches(self.replay, self.spec, c.batch_size, c.batch_length,
-                                            agent.distribute)
-        self.checkpoints.mkdir(exist_ok=True)
-        resumed = restore_checkpoint(agent, self.checkpoints)
+        self.batches = tools.sample_batches(self.replay, self.spec, agent.local_batch,
+                                            c.batch_length, agent.distribute)
+        resumed = False
+        if agent.chief:
+            self.checkpoints.mkdir(exist_ok=True)
+            resumed = restore_checkpoint(agent, self.checkpoints)
+        try:
+            resumed, self.step = agent.agree(resumed, self.step)
+        except ValueError as e:
+            fail(str(e))
         if resumed:
             print(f"Resumed from checkpoint at step {int(agent.step.numpy())}.")
         else:
@@ -869,7 +922,8 @@ class Loop:
         self.test_driver.reset()
         self.test_driver(self.policy(False), episodes=self.config.eval_episodes)
         self.logger.scalar("test/episodes", self.config.eval_episodes)
-        save_checkpoint(self.agent, self.checkpoints, self.step)
+        if self.agent.chief:  # Its variables are mirrored: writing them takes no collective.
+            save_checkpoint(self.agent, self.checkpoints, self.step)
         self.logger.scalar("wall_time", time.time() - self._start)
         self._write(self.step)
 
@@ -1078,6 +1132,7 @@ def make_strategy(config: argparse.Namespace) -> tf.distribute.Strategy:
     runs without one. With TF_CONFIG set, the workers it names form one
     MultiWorkerMirroredStrategy (README: several machines)."""
     if "TF_CONFIG" in os.environ:
+        check_tf_config(os.environ["TF_CONFIG"], config)
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         devices = (tf.config.list_logical_devices("GPU")
@@ -1096,6 +1151,27 @@ def make_strategy(config: argparse.Namespace) -> tf.distribute.Strategy:
     if config.jit and replicas > 1:
         raise ValueError("--jit True works on a single device only: pass --devices 1")
     return strategy
+
+
+def check_tf_config(text: str, config: argparse.Namespace) -> None:
+    """TF_CONFIG as dreamer.py runs it: every machine under cluster.worker,
+    the first of them the chief, and this machine's index among them."""
+    try:
+        tf_config = json.loads(text)
+        workers, task = tf_config["cluster"]["worker"], tf_config["task"]
+        index, jobs = task["index"], sorted(tf_config["cluster"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError('TF_CONFIG must be JSON like {"cluster": {"worker": ["host0:port", '
+                         '"host1:port"]}, "task": {"type": "worker", "index": 0}}') from None
+    if jobs != ["worker"] or task.get("type") != "worker":
+        raise ValueError(f"TF_CONFIG: list every machine under cluster.worker only (the first "
+                         f"is the chief), got jobs {jobs} and task type {task.get('type')!r}")
+    if not isinstance(index, int) or not 0 <= index < len(workers):
+        raise ValueError(f"TF_CONFIG: task index {index!r} is not one of the {len(workers)} "
+                         "workers' (0 to workers - 1)")
+    if config.devices:
+        raise ValueError("--devices does not apply with TF_CONFIG: each worker uses all the "
+                         "GPUs it sees (limit them with CUDA_VISIBLE_DEVICES)")
 
 
 def cpu_has_bf16() -> bool:
