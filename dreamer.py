@@ -246,7 +246,8 @@ class Dreamer:
 
     def _make_models(self, shape: tuple, size: int) -> None:
         c = self.config
-        # XLA compiles a loop once but an unrolled scan once per step.
+        # XLA compiles a loop once but an unrolled scan once per step; plain
+        # graphs keep the unrolled scans (benchmarks/RESULTS.md).
         self.rssm = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act,
                                 unroll=not c.jit)
         if self._key == "image":

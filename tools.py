@@ -206,8 +206,8 @@ def sample_batches(
 def scan(fn: Callable, inputs, start, unroll: bool = True):
     """Scans `fn(state, input)` over the leading (time) axis of a nest of
     inputs. Returns the stacked states, time-major. Unrolled, the graph holds
-    one copy of `fn` per step: the faster plain graph on CPUs, but XLA would
-    compile every copy; otherwise a tf.while_loop that XLA compiles once."""
+    one copy of `fn` per step, each of which XLA compiles anew; as a
+    tf.while_loop (not `unroll`), one copy, which XLA compiles once."""
     if not unroll:
         return tf.scan(fn, inputs, start)
     # Unstacked rather than indexed: the gradient of T slices x[t] is T
