@@ -262,7 +262,10 @@ class Dreamer:
 
     def _make_models(self, shape: tuple, size: int) -> None:
         c = self.config
-        self.rssm = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act)
+        # XLA compiles a loop once but an unrolled scan once per step; plain
+        # graphs keep the unrolled scans (benchmarks/RESULTS.md).
+        self.rssm = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act,
+                                unroll=not c.jit)
         if self._key == "image":
             self.encoder = models.ConvEncoder(c.cnn_depth, c.cnn_act)
             self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act, shape, c.decoder_std)
@@ -357,7 +360,7 @@ class Dreamer:
             action = self.actor(tf.stop_gradient(self.rssm.get_feat(prev))).sample()
             return self.rssm.img_step(prev, action)
 
-        states = tools.static_scan(step, tf.range(self.config.horizon), start)
+        states = tools.scan(step, tf.range(self.config.horizon), start, self.rssm.unroll)
         return self.rssm.get_feat(states)
 
     def behavior_losses(self, imag_feat):

@@ -39,9 +39,11 @@ def mlp(layers: list, x):
 class RSSM(keras.layers.Layer):
     """Recurrent state-space model: state = (deter h_t, stoch z_t)."""
 
-    def __init__(self, stoch: int = 30, deter: int = 200, hidden: int = 200, act="elu"):
+    def __init__(self, stoch: int = 30, deter: int = 200, hidden: int = 200, act="elu",
+                 unroll: bool = True):
         super().__init__()
         self._stoch, self._deter = stoch, deter
+        self.unroll = unroll  # The form of its scans over time (tools.scan).
         self.img_in = dense(hidden, act, "img_in")
         self.cell = keras.layers.GRUCell(deter, name="gru")
         self.img_out = dense(hidden, act, "img_out")
@@ -59,16 +61,16 @@ class RSSM(keras.layers.Layer):
         the action that led to the observation embedded in embed[t]."""
         if state is None:
             state = self.initial(tf.shape(action)[0])
-        post, prior = tools.static_scan(
+        post, prior = tools.scan(
             lambda prev, inputs: self.obs_step(prev[0], *inputs),
-            (swap(action), swap(embed)), (state, state))
+            (swap(action), swap(embed)), (state, state), self.unroll)
         return tf.nest.map_structure(swap, post), tf.nest.map_structure(swap, prior)
 
     def imagine(self, action, state: dict | None = None) -> dict:
         """Prior states from recorded actions alone (open loop)."""
         if state is None:
             state = self.initial(tf.shape(action)[0])
-        prior = tools.static_scan(self.img_step, swap(action), state)
+        prior = tools.scan(self.img_step, swap(action), state, self.unroll)
         return tf.nest.map_structure(swap, prior)
 
     def obs_step(self, prev_state: dict, prev_action, embed):

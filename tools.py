@@ -318,9 +318,13 @@ def sample_batches(replay: Replay, spec: dict, batch_size: int, batch_length: in
 # Scans and returns.
 
 
-def static_scan(fn: Callable, inputs, start):
+def scan(fn: Callable, inputs, start, unroll: bool = True):
     """Scans `fn(state, input)` over the leading (time) axis of a nest of
-    inputs, unrolled in the graph. Returns the stacked states, time-major."""
+    inputs. Returns the stacked states, time-major. Unrolled, the graph holds
+    one copy of `fn` per step, each of which XLA compiles anew; as a
+    tf.while_loop (not `unroll`), one copy, which XLA compiles once."""
+    if not unroll:
+        return tf.scan(fn, inputs, start)
     # Unstacked rather than indexed: the gradient of T slices x[t] is T
     # full-size zero tensors summed (quadratic in T), that of unstack one stack.
     flat = [tf.unstack(x, axis=0) for x in tf.nest.flatten(inputs)]
@@ -340,7 +344,7 @@ def lambda_return(reward, value, pcont, bootstrap, lambda_: float):
     pcont = pcont * tf.ones_like(reward)
     next_values = tf.concat([value[1:], bootstrap[None]], 0)
     inputs = tf.unstack(reward + pcont * next_values * (1 - lambda_))
-    pcont = tf.unstack(pcont)  # As in static_scan, unstack for a linear gradient.
+    pcont = tf.unstack(pcont)  # As in scan, unstack for a linear gradient.
     returns = []
     last = bootstrap
     for t in reversed(range(len(inputs))):

@@ -173,8 +173,18 @@ def op_flops(op: tf.Operation) -> int:
 def step_flops(agent: dreamer.Dreamer, batch: dict) -> dict:
     """FLOPs of one gradient step: the forward and backward ops of the traced
     graph, exactly as TensorFlow will run them (the tf.cond-wrapped Adam
-    updates, elementwise and negligible, are not counted)."""
+    updates, elementwise and negligible, are not counted). Traces the step
+    first, so that its first call is timed without the trace."""
     graph = agent.train.get_concrete_function(batch).graph
+    if not agent.rssm.unroll:
+        # A loop's body is a function outside the graph's op list: count the
+        # unrolled form of the same step, which runs the same ops.
+        agent.rssm.unroll = True
+        try:
+            plain = tf.function(agent._train_step, autograph=False)
+            graph = plain.get_concrete_function(batch).graph
+        finally:
+            agent.rssm.unroll = False
     by_type = {}
     for op in graph.get_operations():
         by_type[op.type] = by_type.get(op.type, 0) + op_flops(op)

@@ -44,7 +44,8 @@ def test_lambda_return_special_cases():
     np.testing.assert_allclose(mc[0], 1 + 0.5 * 2 + 0.25 * 3 + 0.125 * 40)
 
 
-def test_static_scan_values_and_gradient():
+@pytest.mark.parametrize("unroll", [True, False])
+def test_scan_values_and_gradient(unroll):
     """h_t = h_{t-1} * a_t + b_t over a nest of inputs; d sum_t h_t / d b_t is
     1 + a_{t+1} + a_{t+1} a_{t+2} + ..., by hand."""
     rng = np.random.default_rng(0)
@@ -52,8 +53,8 @@ def test_static_scan_values_and_gradient():
     a_t, b_t = tf.constant(a), tf.constant(b)
     with tf.GradientTape() as tape:
         tape.watch(b_t)
-        states = tools.static_scan(lambda h, x: h * x["a"] + x["b"],
-                                   {"a": a_t, "b": b_t}, tf.ones(2, tf.float64))
+        states = tools.scan(lambda h, x: h * x["a"] + x["b"],
+                            {"a": a_t, "b": b_t}, tf.ones(2, tf.float64), unroll)
         total = tf.reduce_sum(states)
     h, want = np.ones(2), []
     for t in range(4):
@@ -63,6 +64,18 @@ def test_static_scan_values_and_gradient():
     grad = [sum(np.prod(a[t + 1:k + 1], 0) for k in range(t, 4)) for t in range(4)]
     np.testing.assert_allclose(tape.gradient(total, b_t).numpy(), grad)
 
+
+
+def test_scan_as_a_loop_holds_one_step_whatever_the_length():
+    """What XLA compiles: the loop's graph is the same for 3 or 30 steps, the
+    unrolled one holds a copy of the step per step."""
+    def graph_ops(length, unroll):
+        scan = tf.function(lambda x: tools.scan(lambda h, x: h * x + 1.0, x, tf.zeros(2), unroll))
+        graph = scan.get_concrete_function(tf.TensorSpec([length, 2])).graph
+        return len(graph.get_operations())
+
+    assert graph_ops(3, unroll=False) == graph_ops(30, unroll=False)
+    assert graph_ops(30, unroll=True) > graph_ops(3, unroll=True) + 27
 
 def make_episode(length, tag):
     """length transitions plus the reset step; every field tagged."""
