@@ -5,6 +5,7 @@
 # gives the sequence of calls.
 #
 #   bash benchmarks/gpu.sh pack          here: wheels -> .gpu/manifest, .gpu/p01, .gpu/p02, ...
+#   bash benchmarks/gpu.sh split         here: the same bundle in pieces sized to today's tree
 #   bash benchmarks/gpu.sh calls         here: the calls to make, checked against the tree's size
 #   bash benchmarks/gpu.sh receive       there: stores the carried pieces in /tmp/gpu
 #   bash benchmarks/gpu.sh run [MINUTES] there: receives, installs, checks the GPU, times
@@ -15,9 +16,12 @@
 # Settings (environment): GPU_STORE (/tmp/gpu), GPU_PYTHON (python3), OUT
 # (GPU_STORE/out), GPU_CUDA_DIRS (more directories of CUDA libraries, searched
 # first), GPU_SPEED_S (150: most seconds for the rows without XLA),
-# GPU_XLA_S (240: with XLA), GPU_TRAIN_MIN_S (150: seconds kept for training),
-# GPU_TRAIN_FLAGS (more dreamer.py flags), GPU_XZ_LEVEL (9), GPU_DRY=1 (run:
-# stop after the install and the environment's setup; for trying the plumbing).
+# GPU_XLA_S (360: with XLA, from their start beside the checks),
+# GPU_TRAIN_MIN_S (150: seconds kept for training),
+# GPU_TRAIN_FLAGS (more dreamer.py flags), GPU_XZ_LEVEL (9). For trying the
+# script on a machine without a GPU: GPU_DRY=1 (run stops after the install and
+# the environment's setup), GPU_PROBE_DEVICE=CPU, GPU_SPEED_ARGS (more
+# arguments of both speed runs, e.g. '--batch 4 10 --quick --configs debug').
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -79,10 +83,22 @@ prune_tree() {
   log "pruned $site: $(mib "$before") -> $(mib "$after") MiB"
 }
 
+# What the bundle is made of: the wheel list, the pruning, the packages.
+bundle_source() {
+  { cat "$WHEELS"; declare -f prune_tree; echo "${DEBS[*]}"; } | sha256sum | cut -d' ' -f1
+}
+
 pack() {
-  local py=${PACK_PYTHON:-python3} level=${GPU_XZ_LEVEL:-9} tree piece_mib f n
+  local py=${PACK_PYTHON:-python3} level=${GPU_XZ_LEVEL:-9} source
   for t in "$py" git xz tar split sha256sum strip; do need "$t"; done
   ignore_pack_dir
+  source=$(bundle_source)
+  if [[ -f $PACK/bundle.tar.xz && -f $PACK/bundle.info ]] \
+     && grep -qx "source $source" "$PACK/bundle.info"; then
+    log "$PACK/bundle.tar.xz is up to date with gpu_wheels.txt and gpu.sh: splitting it again"
+    split_bundle
+    return
+  fi
   mkdir -p "$PACK/wheels" "$PACK/debs"
   log "wheels for Python 3.12 (manylinux x86-64) into $PACK/wheels"
   "$py" -m pip download -q --no-deps "${PLATFORM[@]}" -d "$PACK/wheels" -r "$WHEELS"
@@ -103,27 +119,37 @@ pack() {
   prune_tree "$PACK/stage/site"
   cp "$PACK"/debs/*.deb "$PACK/stage/"
   (cd "$PACK/wheels" && sha256sum -- *.whl) >"$PACK/stage/WHEELS.sha256"
-
-  tree=$(tree_bytes)
-  piece_mib=$(( (LIMIT_MIB * 1048576 - tree - 2 * 1048576) / 1048576 ))
-  (( piece_mib >= 8 )) || die "the working tree ($(mib "$tree") MiB) leaves no room for pieces"
-  log "xz -$level of the tree (takes a while on few cores)"
+  log "xz -$level of $(mib "$(du -sb "$PACK/stage" | cut -f1)") MiB (takes a while on few cores)"
+  rm -f "$PACK/bundle.info"
   tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$PACK/stage" -cf - . \
     | xz "-$level" -T2 -c >"$PACK/bundle.tar.xz.part"
   mv "$PACK/bundle.tar.xz.part" "$PACK/bundle.tar.xz"
+  printf 'source %s\nunpacked %s\n' "$source" "$(du -sb "$PACK/stage" | cut -f1)" \
+    >"$PACK/bundle.info"
+  split_bundle
+}
+
+# Pieces of equal size, as few as fit beside today's working tree (with 1 MiB
+# to spare for its growth), and the manifest of their checksums.
+split_bundle() {
+  local bundle=$PACK/bundle.tar.xz size tree room n f
+  [[ -f $bundle ]] || die "no $bundle: run 'bash benchmarks/gpu.sh pack'"
+  size=$(stat -c %s "$bundle")
+  tree=$(tree_bytes)
+  room=$(( LIMIT_MIB * 1048576 - tree - 1048576 - 4096 ))
+  (( room >= 8 * 1048576 )) || die "the working tree ($(mib "$tree") MiB) leaves no room for pieces"
+  n=$(( (size + room - 1) / room ))
   rm -f "$PACK"/p[0-9][0-9] "$PACK/manifest"
-  split -b "${piece_mib}M" --numeric-suffixes=1 -a 2 "$PACK/bundle.tar.xz" "$PACK/p"
+  split -n "$n" --numeric-suffixes=1 -a 2 "$bundle" "$PACK/p"
   {
-    echo "# benchmarks/gpu.sh bundle, packed $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "bundle $(sha256sum "$PACK/bundle.tar.xz" | cut -d' ' -f1)" \
-         "$(stat -c %s "$PACK/bundle.tar.xz") $(du -sb "$PACK/stage" | cut -f1)"
+    echo "# benchmarks/gpu.sh bundle, split $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "bundle $(sha256sum "$bundle" | cut -d' ' -f1) $size" \
+         "$(awk '$1 == "unpacked" { print $2 }' "$PACK/bundle.info" 2>/dev/null)"
     for f in "$PACK"/p[0-9][0-9]; do
       echo "piece $(basename "$f") $(sha256sum "$f" | cut -d' ' -f1) $(stat -c %s "$f")"
     done
   } >"$PACK/manifest"
-  n=$(grep -c '^piece ' "$PACK/manifest")
-  log "$n pieces of at most $piece_mib MiB, $(mib "$(stat -c %s "$PACK/bundle.tar.xz")") MiB" \
-      "in all ($(mib "$(du -sb "$PACK/stage" | cut -f1)") MiB unpacked)"
+  log "$n pieces of $(mib $(( size / n ))) MiB, $(mib "$size") MiB in all"
   calls
 }
 
@@ -135,17 +161,17 @@ calls() {
   largest=$(awk '$1 == "piece" { if ($4 > m) m = $4 } END { print m + 0 }' "$PACK/manifest")
   if (( tree + largest + 65536 > LIMIT_MIB * 1048576 )); then
     die "the tree ($(mib "$tree") MiB) and a piece ($(mib "$largest") MiB) exceed" \
-        "$LIMIT_MIB MiB: pack again (it sizes the pieces to the tree)"
+        "$LIMIT_MIB MiB: run 'bash benchmarks/gpu.sh split' (it sizes the pieces to the tree)"
   fi
   for f in "$PACK"/p[0-9][0-9]; do
-    [[ -f $f ]] || die "$f is missing: pack again"
+    [[ -f $f ]] || die "$f is missing: run 'bash benchmarks/gpu.sh split'"
   done
   mapfile -t names < <(awk '$1 == "piece" { print $2 }' "$PACK/manifest")
   last=${names[-1]}
   echo "Calls (the working tree is $(mib "$tree") MiB; each call carries the manifest and one"
   echo "piece of at most $(mib "$largest") MiB); make them back to back, since the machine"
   echo "goes back after about 30 s idle. MINUTES: 12 minus the minutes the lease has held"
-  echo "so far (lease.held_s in the last reply), at most 9.5; timeout_s: MINUTES x 60 + 60."
+  echo "so far (lease.held_s in the last reply), at most 9; timeout_s: MINUTES x 60 + 60."
   for name in "${names[@]}"; do
     i=$((i + 1))
     if [[ $name != "$last" ]]; then
@@ -342,15 +368,10 @@ run_check() {
 
   if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
     local wrong="$PY is Python $("$PY" -V 2>&1 | cut -d' ' -f2), the bundle is for 3.12"
-    [[ ${GPU_DRY:-0} == 1 ]] || die "$wrong: set GPU_PYTHON"
-    log "$wrong (GPU_DRY=1: going on with the plumbing)"
+    [[ ${GPU_DRY:-0} == 1 || ${GPU_PROBE_DEVICE:-GPU} == CPU ]] || die "$wrong: set GPU_PYTHON"
+    log "$wrong (a trial without a GPU: going on)"
   fi
   export PYTHONPATH=$STORE/site:$ROOT PYTHONNOUSERSITE=1 PYTHONUNBUFFERED=1
-  # Byte-compiles what the runs import, on all cores, while the rest is set up
-  # and checked (stopped before the timings; each .pyc is written atomically).
-  "$PY" -m compileall -q -j 0 "$STORE/site/tensorflow/python" "$STORE/site/keras" \
-    "$STORE/site/tensorflow_probability" "$STORE/site/dm_control" >/dev/null 2>&1 &
-  local compiling=$!
   log "CUDA libraries"
   cuda_setup
   log "XLA"
@@ -358,53 +379,81 @@ run_check() {
   log "EGL"
   egl_setup
   if [[ ${GPU_DRY:-0} == 1 ]]; then
-    wait "$compiling" || true
     log "GPU_DRY=1: stopping before the checks"
     env | grep -E '^(LD_LIBRARY_PATH|PYTHONPATH|XLA_FLAGS|PATH|MUJOCO_GL|__EGL)=' | sort
     return
   fi
+  # Byte-compiles what the runs import, with 8 workers, while the checks run
+  # (stopped before the timings; each .pyc is written atomically).
+  "$PY" -m compileall -q -j 8 "$STORE/site/tensorflow/python" "$STORE/site/keras" \
+    "$STORE/site/tensorflow_probability" "$STORE/site/dm_control" >/dev/null 2>&1 &
+  local compiling=$!
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
     | tee "$STORE/card.txt" || echo "unknown" >"$STORE/card.txt"
   stage_done setup
 
+  # XLA's compilation of the train step took more than 150 s on the H200
+  # (RESULTS.md), so it starts now, beside the checks and the rows without
+  # XLA, in its own process; its timed calls wait for those rows to end
+  # (the file $hold). It ends in time to leave GPU_TRAIN_MIN_S for training.
+  local check=benchmarks/gpu_check.py train_min=${GPU_TRAIN_MIN_S:-150} t xla_pid=""
+  local hold=$STORE/hold speed_args=()
+  read -r -a speed_args <<<"${GPU_SPEED_ARGS:-}"
+  rm -f "$hold" "$OUT/speed_jit.json" "$OUT/speed_nojit.json"
+  trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+  t=$(min "${GPU_XLA_S:-360}" $(( $(remaining) - train_min )))
+  if (( t >= 60 )); then
+    log "speed.py's GPU rows with XLA (--jit True), in the background: at most $t s"
+    TF_FORCE_GPU_ALLOW_GROWTH=true timeout -k 10 "$t" "$PY" "$ROOT/$check" speed \
+      --out "$OUT/speed_jit.json" --precision 32 16 --hold "$hold" \
+      --note "compiled while other processes ran; timed alone" "${speed_args[@]}" --jit True \
+      >"$STORE/xla.log" 2>&1 &
+    xla_pid=$!
+  else
+    log "no time for the rows with XLA ($t s)"
+  fi
+
   log "checks: TensorFlow on the GPU (and XLA), MuJoCo through EGL"
-  local check=benchmarks/gpu_check.py egl_ok=1
+  local egl_ok=1
   # All of TensorFlow's messages here (the libraries it opened or missed, the
-  # device it made); memory as needed, since EGL shares the GPU meanwhile.
+  # device it made); memory as needed, since other processes share the GPU.
   TF_CPP_MIN_LOG_LEVEL=0 TF_FORCE_GPU_ALLOW_GROWTH=true timeout -k 5 180 \
-    "$PY" "$ROOT/$check" probe --out "$OUT/probe.json" &
+    "$PY" "$ROOT/$check" probe --out "$OUT/probe.json" --device "${GPU_PROBE_DEVICE:-GPU}" &
   local probe=$!
   timeout -k 5 120 "$PY" "$ROOT/$check" egl --out "$STORE/egl.json" || egl_ok=0
   wait "$probe" || die "TensorFlow does not run on the GPU (its messages are above)"
   [[ $egl_ok == 1 ]] || die "MuJoCo cannot render through EGL (its messages are above)"
-  local xla_ok
+  local xla_ok nojit_flags=()
   xla_ok=$("$PY" -c 'import json, sys; print(int(json.load(open(sys.argv[1]))["xla_ok"]))' \
            "$OUT/probe.json")
-  pkill -P "$compiling" 2>/dev/null || true  # Not during the timings.
+  if (( ! xla_ok )); then
+    nojit_flags=(--jit_policy False)
+    [[ -n $xla_pid ]] && kill "$xla_pid" 2>/dev/null && log "XLA fails: rows with XLA stopped"
+  fi
+  pkill -P "$compiling" 2>/dev/null || true
   kill "$compiling" 2>/dev/null || true
   stage_done checks
 
-  local train_min=${GPU_TRAIN_MIN_S:-150} t nojit_flags=()
-  (( xla_ok )) || nojit_flags=(--jit_policy False)
   t=$(min "${GPU_SPEED_S:-150}" $(( $(remaining) - train_min )))
-  t=$(min "$t" "$(remaining)")
   if (( t >= 40 )); then
     log "speed.py's GPU rows without XLA (at most $t s)"
     # 16 first: the policy row uses the last agent, float32 like the likely training.
-    timeout -k 10 "$t" "$PY" "$ROOT/$check" speed --out "$OUT/speed_nojit.json" \
-      --precision 16 32 --matmul --policy "${nojit_flags[@]}" \
+    TF_FORCE_GPU_ALLOW_GROWTH=true timeout -k 10 "$t" "$PY" "$ROOT/$check" speed \
+      --out "$OUT/speed_nojit.json" --precision 16 32 --matmul --policy \
+      --note "an XLA compilation ran in another process meanwhile" "${speed_args[@]}" \
+      "${nojit_flags[@]}" \
       || log "the rows without XLA stopped early"
   else
-    log "no time for the speed rows ($t s left for them)"
+    log "no time for the rows without XLA ($t s)"
   fi
+  touch "$hold"
   stage_done speed_nojit
-  t=$(min "${GPU_XLA_S:-240}" $(( $(remaining) - train_min )))
-  if (( xla_ok && t >= 40 )); then
-    log "speed.py's GPU rows with XLA, --jit True (at most $t s)"
-    timeout -k 10 "$t" "$PY" "$ROOT/$check" speed --out "$OUT/speed_jit.json" \
-      --precision 32 16 --jit True || log "the rows with XLA stopped after $t s"
-  else
-    log "skipping the rows with XLA (XLA works: $xla_ok; $t s left for them)"
+  if [[ -n $xla_pid ]]; then
+    log "waiting for the rows with XLA (at most $(( DEADLINE - train_min - $(date +%s) )) s)"
+    wait "$xla_pid" || log "the rows with XLA stopped (exit $?; 124: the time was up)"
+    echo "--- their log:"
+    tail -n 60 "$STORE/xla.log"
+    echo "---"
   fi
   stage_done speed_jit
 
@@ -417,8 +466,21 @@ run_check() {
   local logdir=$STORE/walker_$(date -u +%Y%m%d_%H%M%S)
   if (( t >= 60 )); then
     log "training dmc_walker_walk for $t s: ${flags[*]} ${extra[*]}"
+    local rc=0
     timeout -k 20 "$t" "$PY" "$ROOT/dreamer.py" --logdir "$logdir" --task dmc_walker_walk \
-      "${flags[@]}" "${extra[@]}" || log "training stopped (exit $?; 124: the time was up)"
+      "${flags[@]}" "${extra[@]}" || rc=$?
+    log "training stopped (exit $rc; 124: the time was up)"
+    # A failure of its own (EGL in the env workers short of GPU memory, say)
+    # gets one more try, with TensorFlow taking memory only as needed.
+    t=$(remaining)
+    if (( rc != 124 && rc != 137 && t >= 90 )); then
+      log "training once more, with TF_FORCE_GPU_ALLOW_GROWTH=true, for $t s"
+      logdir+=_growth
+      rc=0
+      TF_FORCE_GPU_ALLOW_GROWTH=true timeout -k 20 "$t" "$PY" "$ROOT/dreamer.py" \
+        --logdir "$logdir" --task dmc_walker_walk "${flags[@]}" "${extra[@]}" || rc=$?
+      log "training stopped (exit $rc; 124: the time was up)"
+    fi
   else
     log "no time left to train ($t s)"
   fi
@@ -445,6 +507,7 @@ main() {
   shift || true
   case $cmd in
     pack) pack ;;
+    split) split_bundle ;;
     calls) calls ;;
     prune) prune_tree "${1:?prune DIR}" ;;
     receive) receive ;;
@@ -454,7 +517,7 @@ main() {
       # Everything also to the log that comes back with the results.
       run_check "$@" 2>&1 | tee "${OUT:-$STORE/out}/log.txt"
       ;;
-    *) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [[ $cmd == help ]] ;;
+    *) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; [[ $cmd == help ]] ;;
   esac
 }
 

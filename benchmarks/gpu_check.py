@@ -143,6 +143,37 @@ def egl(args: argparse.Namespace) -> int:
 # Speed rows.
 
 
+def wait_for(path: str | None) -> float:
+    """Seconds spent waiting for `path` to exist (gpu.sh creates it when the
+    other process's timings are over)."""
+    start = time.perf_counter()
+    while path and not os.path.exists(path):
+        time.sleep(0.2)
+    return time.perf_counter() - start
+
+
+def grad_step(speed, extra: list[str], precision: int, batch: int, length: int,
+              settings: dict, hold: str | None) -> tuple[dict, object]:
+    """speed.grad_step, with a wait for `hold` between the first call (the
+    graph's optimization, or XLA's compilation) and the timed calls, so that
+    a compilation may overlap other work but the timings do not."""
+    agent = speed.build_agent(extra, precision, batch, length)
+    data = speed.synthetic_batch(batch, length, "image")
+    result = dict(batch=[batch, length], precision=precision, model="image",
+                  dtype_policy=speed.keras.mixed_precision.global_policy().name,
+                  **speed.step_flops(agent, data))
+    start = time.perf_counter()
+    agent.train(data)["model_loss"].numpy()
+    result["first_call_s"] = time.perf_counter() - start
+    print(f"  first call {result['first_call_s']:.1f} s", flush=True)
+    result["held_s"] = wait_for(hold)
+    times = speed.timed(lambda: agent.train(data)["model_loss"].numpy(),
+                        settings["grad_reps"], settings["warmup"] - 1)
+    result.update(seconds=speed.summary(times), times_s=times)
+    result["achieved_gflops"] = result["flops"] / result["seconds"]["median"] / 1e9
+    return result, agent
+
+
 def speed_rows(args: argparse.Namespace, extra: list[str]) -> int:
     """speed.py's GPU rows: matmul peaks, the paper-size (50 x 50) gradient
     step at each precision, the batch-1 policy step."""
@@ -154,8 +185,8 @@ def speed_rows(args: argparse.Namespace, extra: list[str]) -> int:
     gpus = tf.config.list_physical_devices("GPU")
     device = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
     results = dict(date=now(), machine=speed.machine(), gpu=device.get("device_name"),
-                   extra_flags=extra, settings=settings, matmul={}, grad_step=[],
-                   in_progress=None)
+                   extra_flags=extra, settings=settings, note=args.note, matmul={},
+                   grad_step=[], in_progress=None)
 
     def begin(row: str) -> None:
         results["in_progress"] = dict(row=row, started=time.time())
@@ -171,14 +202,14 @@ def speed_rows(args: argparse.Namespace, extra: list[str]) -> int:
     for precision in args.precision:
         batch, length = args.batch
         begin(f"gradient step {batch}x{length} precision {precision} {' '.join(extra)}".strip())
-        result, built = speed.grad_step(extra, precision, batch, length, settings)
+        result, built = grad_step(speed, extra, precision, batch, length, settings, args.hold)
         agent = built  # The policy row uses the last one, as speed.py does.
         result["peak_dtype"] = "float32" if result["dtype_policy"] == "float32" else "bfloat16"
         peak = results["matmul"].get(result["peak_dtype"], {}).get("gflops_median")
         result["fraction_of_matmul"] = result["achieved_gflops"] / peak if peak else None
         results["grad_step"].append(result)
-        print(f"  first call {result['first_call_s']:.1f} s, median "
-              f"{result['seconds']['median']:.4f} s", flush=True)
+        print(f"  median {result['seconds']['median']:.4f} s (waited {result['held_s']:.0f} s "
+              "for the timings)", flush=True)
     if args.policy and agent is not None:
         begin("policy step batch 1")
         results["policy_ms"] = speed.policy_latency(agent, settings["policy_calls"])
@@ -341,7 +372,8 @@ def summary(args: argparse.Namespace) -> int:
             print(f"  {what}: median {r['median_s']:.4f} s (min {r['min_s']:.4f}), "
                   f"first call {r['first_call_s']:.1f} s")
         else:
-            print(f"  {r['row']} (jit {r['jit']}): unfinished after {r.get('ran_s', '?')} s")
+            ran = f"{r['ran_s']:.0f} s" if "ran_s" in r else "its time limit"
+            print(f"  {r['row']} (jit {r['jit']}): unfinished after {ran}")
     if out["policy_ms"]:
         print(f"  policy step: median {out['policy_ms']['median']:.2f} ms")
     t = out["training"]
@@ -369,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, nargs=2, default=[50, 50], metavar=("SIZE", "LENGTH"),
                    help="the gradient step's batch (the paper's: 50 50)")
     p.add_argument("--quick", action="store_true", help="speed.py's quick repetitions")
+    p.add_argument("--hold", help="before each step's timed calls, wait for this file")
+    p.add_argument("--note", help="a line about the conditions, kept in the JSON")
     p = commands.add_parser("choose")
     p.add_argument("--speed", nargs="+", default=[])
     p.add_argument("--train-seconds", type=float, required=True)
