@@ -55,7 +55,7 @@ tree_bytes() {
 }
 
 ignore_pack_dir() {
-  (cd "$ROOT" && git check-ignore -q .gpu/x) && return
+  (cd "$ROOT" && git check-ignore -q .gpu/x) && return 0
   local exclude
   exclude=$(cd "$ROOT" && git rev-parse --git-path info/exclude)
   [[ $exclude = /* ]] || exclude=$ROOT/$exclude
@@ -134,6 +134,7 @@ pack() {
 split_bundle() {
   local bundle=$PACK/bundle.tar.xz size tree room n f
   [[ -f $bundle ]] || die "no $bundle: run 'bash benchmarks/gpu.sh pack'"
+  ignore_pack_dir  # Else the pieces would all travel with every call.
   size=$(stat -c %s "$bundle")
   tree=$(tree_bytes)
   room=$(( LIMIT_MIB * 1048576 - tree - 1048576 - 4096 ))
@@ -189,7 +190,8 @@ receive() {
   local f name want got have=() missing=()
   mkdir -p "$STORE/pieces"
   if [[ -f $PACK/manifest ]]; then
-    if [[ -f $STORE/manifest ]] && ! cmp -s "$PACK/manifest" "$STORE/manifest"; then
+    if [[ -f $STORE/manifest ]] \
+       && ! cmp -s <(grep -v '^#' "$PACK/manifest") <(grep -v '^#' "$STORE/manifest"); then
       log "a new bundle: dropping the stored pieces of the old one"
       rm -rf "$STORE/pieces" "$STORE/site"
       mkdir -p "$STORE/pieces"
