@@ -311,8 +311,8 @@ def test_debug_run_then_resume(tmp_path):
     openl = sorted((logdir / "videos").glob("openl_*.gif"))
     assert openl
     frames = iio.imread(openl[-1], index=None)
-    # Rows truth / model / error; 4 sequences of the debug batch side by side.
-    assert frames.shape == (10, 3 * 64, 4 * 64, 3)
+    # Rows truth / model / error; six sequences side by side (more than a debug batch).
+    assert frames.shape == (10, 3 * 64, 6 * 64, 3)
     assert "Eval return: final" in first.stdout and (logdir / "plots").is_dir()
     # Not on a terminal: plain log lines, no progress bar.
     assert "\r" not in first.stdout + first.stderr and "[3000] " in first.stdout
