@@ -155,6 +155,7 @@ class Stored:
             os.close(fd)
         if len(blob) != bounds[last + 1] - bounds[first]:
             raise OSError("the file is shorter than when it was indexed")
+        blob = memoryview(blob)  # Slices without copies.
         filled = 0
         for block in range(first, last + 1):
             a, b = bounds[block] - bounds[first], bounds[block + 1] - bounds[first]
