@@ -22,7 +22,7 @@ train: $(VENV)/.installed
 	$(VENV)/bin/python dreamer.py --logdir $(LOGDIR) --task $(TASK) $(ARGS)
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q -n 2 tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist worksteal tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
