@@ -244,7 +244,7 @@ class Dreamer:
         self.checkpoint = tf.train.Checkpoint(
             **parts, model_opt=self.model_opt.adam, value_opt=self.value_opt.adam,
             actor_opt=self.actor_opt.adam, step=self.step)
-        self._saved = [v for part in parts.values() for v in part.variables] + [
+        self.saved = [v for part in parts.values() for v in part.variables] + [
             v for opt in (self.model_opt, self.value_opt, self.actor_opt)
             for v in opt.adam.variables] + [self.step]
         # Several workers (TF_CONFIG): the first is the chief, the only one that
@@ -252,8 +252,8 @@ class Dreamer:
         resolver, replicas = self.strategy.cluster_resolver, self.strategy.num_replicas_in_sync
         self.chief = resolver is None or resolver.task_id == 0
         self._local = len(self.strategy.extended.worker_devices) if replicas > 1 else 1
-        self._workers = replicas // self._local
-        self.local_batch = c.batch_size // self._workers
+        self.workers = replicas // self._local
+        self.local_batch = c.batch_size // self.workers
         # No autograph: the steps branch on the config only, never on a tensor.
         self.train = tf.function(self._train_step, jit_compile=c.jit, autograph=False)
         self.open_loop = tf.function(functools.partial(open_loop_video, self), autograph=False)
@@ -404,43 +404,6 @@ class Dreamer:
             return to_tensors({k: v[start:start + size] for k, v in batch.items()})
 
         return self.strategy.experimental_distribute_values_from_function(split)
-
-    def agree(self, resumed: bool, step: int) -> tuple[bool, int]:
-        """The workers of a multi-worker run start alike: each takes the
-        chief's variables and whether it resumed (only the chief reads
-        checkpoints) and the largest step of any, so that all run the same
-        train steps and meet at every collective. Returns (resumed, step);
-        raises ValueError where the workers' flags differ."""
-        if self._workers == 1:
-            return resumed, step
-        replicas = self.strategy.num_replicas_in_sync
-        # Flags that differ would part the workers' loops: they would wait for
-        # each other's gradient steps forever.
-        flags = {k: getattr(self.config, k) for k in DEFAULTS if k not in ("logdir", "seed")}
-        digest = int(hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:12],
-                     16)
-
-        def from_chief():
-            context = tf.distribute.get_replica_context()
-            replica = context.replica_id_in_sync_group
-            # float64 holds float32 values and int64 counters exactly: one sum carries the
-            # chief's values (the others send zeros) and each replica's step and digest.
-            mine = tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in self._saved]
-                             + [tf.constant([float(resumed)], tf.float64)], 0)
-            mine = tf.where(tf.equal(replica, 0), mine, tf.zeros_like(mine))
-            slot = tf.one_hot(replica, replicas, dtype=tf.float64)
-            return context.all_reduce("sum", tf.concat([mine, step * slot, digest * slot], 0))
-
-        total = tf.function(lambda: self.strategy.run(from_chief), autograph=False)()
-        total = self.strategy.experimental_local_results(total)[0]
-        *values, resumed, steps, digests = tf.split(
-            total, [int(np.prod(v.shape)) for v in self._saved] + [1, replicas, replicas])
-        if len(set(digests.numpy())) > 1:
-            raise ValueError("the workers were started with different flags; only --logdir "
-                             "and --seed may differ between them")
-        for variable, value in zip(self._saved, values):
-            variable.assign(tf.reshape(tf.cast(value, variable.dtype), variable.shape))
-        return bool(resumed), int(tf.reduce_max(steps))
 
     # Acting.
 
@@ -874,7 +837,7 @@ class Loop:
             self.checkpoints.mkdir(exist_ok=True)
             resumed = restore_checkpoint(agent, self.checkpoints)
         try:
-            resumed, self.step = agent.agree(resumed, self.step)
+            resumed, self.step = agree_workers(agent, resumed, self.step)
         except ValueError as e:
             fail(str(e))
         if resumed:
@@ -1127,6 +1090,44 @@ def fit_action_space(config: argparse.Namespace, act_space: dict) -> None:
     elif not act_space["discrete"] and config.action_dist == "onehot":
         fail(f"--action_dist onehot needs a discrete action space; {config.task} has "
              "continuous actions.")
+
+
+def agree_workers(agent: Dreamer, resumed: bool, step: int) -> tuple[bool, int]:
+    """The workers of a multi-worker run start alike: each takes the
+    chief's variables and whether it resumed (only the chief reads
+    checkpoints) and the largest step of any, so that all run the same
+    train steps and meet at every collective. Returns (resumed, step);
+    raises ValueError where the workers' flags differ."""
+    if agent.workers == 1:
+        return resumed, step
+    replicas = agent.strategy.num_replicas_in_sync
+    # Flags that differ would part the workers' loops: they would wait for
+    # each other's gradient steps forever.
+    flags = {k: getattr(agent.config, k) for k in DEFAULTS if k not in ("logdir", "seed")}
+    digest = int(hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:12],
+                 16)
+
+    def from_chief():
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group
+        # float64 holds float32 values and int64 counters exactly: one sum carries the
+        # chief's values (the others send zeros) and each replica's step and digest.
+        mine = tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in agent.saved]
+                         + [tf.constant([float(resumed)], tf.float64)], 0)
+        mine = tf.where(tf.equal(replica, 0), mine, tf.zeros_like(mine))
+        slot = tf.one_hot(replica, replicas, dtype=tf.float64)
+        return context.all_reduce("sum", tf.concat([mine, step * slot, digest * slot], 0))
+
+    total = tf.function(lambda: agent.strategy.run(from_chief), autograph=False)()
+    total = agent.strategy.experimental_local_results(total)[0]
+    *values, resumed, steps, digests = tf.split(
+        total, [int(np.prod(v.shape)) for v in agent.saved] + [1, replicas, replicas])
+    if len(set(digests.numpy())) > 1:
+        raise ValueError("the workers were started with different flags; only --logdir "
+                         "and --seed may differ between them")
+    for variable, value in zip(agent.saved, values):
+        variable.assign(tf.reshape(tf.cast(value, variable.dtype), variable.shape))
+    return bool(resumed), int(tf.reduce_max(steps))
 
 
 def make_strategy(config: argparse.Namespace) -> tf.distribute.Strategy:
