@@ -31,7 +31,7 @@ def close(a: dict, b: dict, key: str) -> bool:
 
 def test_xla_step_computes_the_plain_step(monkeypatch):
     """The same losses and gradient norms from the same weights and batch,
-    without sampling noise; then a layer of one agent shifted by 1e-2
+    without sampling noise; then a layer of one agent shifted by 0.5
     must show in the losses that depend on it. State observations keep XLA's
     compile short; scans, heads, actor and optimizers are those of pixels."""
     flags = ["--logdir", "/tmp/unused", "--configs", "debug", "--obs", "state"]
@@ -57,7 +57,7 @@ def test_xla_step_computes_the_plain_step(monkeypatch):
     # The world model's losses still agree after both updates; those that
     # read the shifted value model do not.
     kernel = xla.value.hidden[0].kernel
-    kernel.assign(kernel + 1e-2)
+    kernel.assign(kernel + 0.5)
     data = state_batch(1)
     one, two = plain.train(data), xla.train(data)
     for key in MODEL_KEYS:
