@@ -40,7 +40,7 @@ VARIANTS = {
     # Walker's velocities squashed, a faster value model, more gradient steps.
     "state_symlog": [*CPU_STATE, "--state_symlog", "True", "--value_lr", "3e-4",
                      "--train_steps", "200"],
-    "cpu_image": ["--configs", "cpu_image", "--value_lr", "3e-4"],
+    "cpu_image": ["--configs", "cpu_image"],
 }
 
 # (task, variant, env steps, seeds): the targets of this 2-core machine, and
@@ -49,7 +49,10 @@ SUITES = {
     "cpu": [
         ("dmc_cartpole_balance", "state_sharp", 50_000, (0, 1)),
         ("dmc_walker_stand", "state_symlog", 100_000, (0, 1)),
-        ("dmc_walker_stand", "cpu_image", 100_000, (0,)),
+        ("dmc_walker_stand", "cpu_image", 100_000, (0, 1)),
+        ("dmc_cartpole_balance", "cpu_image", 100_000, (0, 1)),
+        ("dmc_pendulum_swingup", "cpu_image", 100_000, (0, 1)),
+        ("dmc_walker_walk", "cpu_image", 100_000, (0, 1)),
     ],
     "gpu": [("dmc_walker_walk", "paper", 1_000_000, (0,))],
 }

@@ -107,7 +107,8 @@ RESOLVED = {
     "state_symlog": dict(obs="state", state_symlog=True, value_lr=3e-4, actor_lr=8e-5,
                          num_units=100, deter_size=100, precision=32,
                          train_steps=200),
-    "cpu_image": dict(obs="image", value_lr=3e-4, cnn_depth=16),
+    "cpu_image": dict(obs="image", value_lr=3e-4, cnn_depth=16, action_dist="trunc_normal",
+                      action_min_std=0.1),
 }
 
 
