@@ -3,6 +3,7 @@
 import collections
 import datetime
 import io
+import itertools
 import json
 import os
 import pathlib
@@ -99,11 +100,18 @@ def load_episode(path: pathlib.Path) -> dict:
     with np.load(path) as data:
         episode = {key: data[key] for key in data.files if LZ4 not in key}
         for key in (k[:-len(LZ4)] for k in data.files if k.endswith(LZ4)):
-            blob, ends = data[key + LZ4].tobytes(), data[key + LZ4 + ".ends"]
-            frames = [lz4.block.decompress(blob[a:b]) for a, b in zip([0, *ends[:-1]], ends)]
+            blob, ends = memoryview(data[key + LZ4].tobytes()), data[key + LZ4 + ".ends"]
             shape = tuple(data[key + LZ4 + ".shape"])
-            episode[key] = np.frombuffer(b"".join(frames), np.uint8).reshape(shape)
+            episode[key] = np.concatenate(list(unpack_blocks(blob, [0, *ends], shape[1:])))
     return episode
+
+
+def unpack_blocks(blob: memoryview, bounds, frame_shape: tuple):
+    """The frames of each lz4 block in `blob`, block i spanning bytes
+    bounds[i]:bounds[i + 1]."""
+    for a, b in itertools.pairwise(bounds):
+        yield np.frombuffer(lz4.block.decompress(blob[a:b]), np.uint8).reshape(
+            (-1, *frame_shape))
 
 
 def episode_length(path: pathlib.Path) -> int:
@@ -155,12 +163,9 @@ class Stored:
             os.close(fd)
         if len(blob) != bounds[last + 1] - bounds[first]:
             raise OSError("the file is shorter than when it was indexed")
-        blob = memoryview(blob)  # Slices without copies.
         filled = 0
-        for block in range(first, last + 1):
-            a, b = bounds[block] - bounds[first], bounds[block + 1] - bounds[first]
-            frames = np.frombuffer(lz4.block.decompress(blob[a:b]), np.uint8)
-            frames = frames.reshape((-1,) + shape[1:])
+        blocks = unpack_blocks(memoryview(blob), bounds[first:last + 2] - bounds[first], shape[1:])
+        for block, frames in enumerate(blocks, first):
             lo, hi = max(start - block * steps, 0), min(stop - block * steps, len(frames))
             out[filled:filled + hi - lo] = frames[lo:hi]
             filled += hi - lo
@@ -211,8 +216,11 @@ class Replay:
         older format first."""
         old = []
         for path in list_episodes(self.directory):
-            if path not in self._known and self._index(path) == "old":
-                old.append(path)
+            if path not in self._known:
+                try:
+                    self._index(path)
+                except OldFormat:
+                    old.append(path)
         if old:
             convert_episodes(old)
             for path in old:
@@ -222,13 +230,14 @@ class Replay:
         """Takes in an episode that save_episode just wrote."""
         self._index(path)
 
-    def _index(self, path: pathlib.Path) -> str | None:
+    def _index(self, path: pathlib.Path) -> None:
+        """Raises OldFormat for a file of the older format."""
         try:
             stored = Stored(path)
             if stored.length != episode_length(path) + 1:
                 raise ValueError("length does not match its name")
         except OldFormat:
-            return "old"
+            raise
         except Exception as e:  # noqa: BLE001 (any unreadable file is skipped, never fatal)
             return self._skip(path, f"{type(e).__name__}: {e}")
         with self._lock:

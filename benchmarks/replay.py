@@ -121,9 +121,7 @@ def measure(directory: pathlib.Path, batches: int, batch_size: int, batch_length
     start = time.perf_counter()
     replay = tools.Replay(directory, seed)
     index_s = time.perf_counter() - start
-    first = tools.load_episode(tools.list_episodes(directory)[0])
-    spec = {key: (value.shape[1:], value.dtype) for key, value in first.items()}
-    del first
+    spec = tools.Stored(tools.list_episodes(directory)[0]).spec
     stream = tools.sample_batches(replay, spec, batch_size, batch_length)
     start = time.perf_counter()
     for _ in range(3):

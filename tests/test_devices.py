@@ -112,32 +112,6 @@ def compare(tmp: pathlib.Path) -> dict:
                           for a, b in zip(restored, after_mirrored)))
 
 
-TWO = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
-
-
-@pytest.mark.parametrize("tf_config, flags, message", [
-    ("{cluster", [], "TF_CONFIG must be JSON"),
-    (json.dumps({"cluster": TWO}), [], "TF_CONFIG must be JSON"),
-    (json.dumps({"cluster": {**TWO, "chief": ["127.0.0.1:3"]},
-                 "task": {"type": "chief", "index": 0}}), [], "cluster.worker only"),
-    (json.dumps({"cluster": TWO, "task": {"type": "worker", "index": 2}}), [], "task index 2"),
-    (json.dumps({"cluster": TWO, "task": {"type": "worker", "index": 0}}), ["--devices", "1"],
-     "CUDA_VISIBLE_DEVICES"),
-])
-def test_bad_tf_config_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, tf_config,
-                                                      flags, message):
-    import dreamer
-
-    monkeypatch.setenv("TF_CONFIG", tf_config)
-    logdir = tmp_path / "run"
-    with pytest.raises(SystemExit) as error:
-        dreamer.main(["--logdir", str(logdir), *flags])
-    assert error.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err
-    assert not logdir.exists()
-
-
 class Toy:
     """Three noisy state numbers, reward = the action, 20 steps an episode; the
     interface of wrappers.Parallel, in process."""

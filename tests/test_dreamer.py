@@ -55,22 +55,36 @@ def test_env_workers_get_the_render_flags(monkeypatch):
         assert ctor.keywords["shadow_size"] == 512 and ctor.keywords["render_fast"]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--task", "dmc_walker_fly"], "walker_fly"),
-    (["--task", "pong"], "pong"),
-    (["--configs", "huge"], "huge"),
-    (["--batch_size", "many"], "batch_size"),
-    (["--steps", "1.5"], "steps"),
-    (["--pcont", "maybe"], "pcont"),
-    (["--unknown_flag", "1"], "unknown_flag"),
-    (["--batch_length", "1"], "batch_length"),
-    (["--devices", "-1"], "devices"),
-    (["--devices", "3"], "only 1 CPU device"),
-    (["--state_symlog", "True"], "state_symlog"),
-    (["--shadow_size", "-1"], "shadow_size"),
-    (["--async_collect", "True", "--train_steps", "0"], "train_steps must be positive"),
+TWO = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}  # A two-worker cluster for TF_CONFIG.
+
+
+@pytest.mark.parametrize("flags, message, tf_config", [
+    (["--task", "dmc_walker_fly"], "walker_fly", None),
+    (["--task", "pong"], "pong", None),
+    (["--configs", "huge"], "huge", None),
+    (["--batch_size", "many"], "batch_size", None),
+    (["--steps", "1.5"], "steps", None),
+    (["--pcont", "maybe"], "pcont", None),
+    (["--unknown_flag", "1"], "unknown_flag", None),
+    (["--batch_length", "1"], "batch_length", None),
+    (["--devices", "-1"], "devices", None),
+    (["--devices", "3"], "only 1 CPU device", None),
+    (["--state_symlog", "True"], "state_symlog", None),
+    (["--shadow_size", "-1"], "shadow_size", None),
+    (["--async_collect", "True", "--train_steps", "0"], "train_steps must be positive", None),
+    # TF_CONFIG, for several workers.
+    ([], "TF_CONFIG must be JSON", "{cluster"),
+    ([], "TF_CONFIG must be JSON", json.dumps({"cluster": TWO})),
+    ([], "cluster.worker only", json.dumps({"cluster": {**TWO, "chief": ["127.0.0.1:3"]},
+                                            "task": {"type": "chief", "index": 0}})),
+    ([], "task index 2", json.dumps({"cluster": TWO, "task": {"type": "worker", "index": 2}})),
+    (["--devices", "1"], "CUDA_VISIBLE_DEVICES",
+     json.dumps({"cluster": TWO, "task": {"type": "worker", "index": 0}})),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, flags, message,
+                                                 tf_config):
+    if tf_config:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
     logdir = tmp_path / "run"
     with pytest.raises(SystemExit) as error:
         dreamer.main(["--logdir", str(logdir), *flags])
