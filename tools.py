@@ -16,8 +16,8 @@ import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 
+import cramjam
 import imageio.v3 as iio
-import lz4.block
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -83,7 +83,7 @@ def encode_episode(episode: dict) -> bytes:
         if not is_image(value):
             members[key] = value
             continue
-        blocks = [lz4.block.compress(np.ascontiguousarray(value[i:i + BLOCK]).tobytes())
+        blocks = [bytes(cramjam.lz4.compress_block(np.ascontiguousarray(value[i:i + BLOCK])))
                   for i in range(0, len(value), BLOCK)]
         members[key + LZ4] = np.frombuffer(b"".join(blocks), np.uint8)
         members[key + LZ4 + ".ends"] = np.cumsum([len(b) for b in blocks], dtype=np.int64)
@@ -100,18 +100,18 @@ def load_episode(path: pathlib.Path) -> dict:
     with np.load(path) as data:
         episode = {key: data[key] for key in data.files if LZ4 not in key}
         for key in (k[:-len(LZ4)] for k in data.files if k.endswith(LZ4)):
-            blob, ends = memoryview(data[key + LZ4].tobytes()), data[key + LZ4 + ".ends"]
-            shape = tuple(data[key + LZ4 + ".shape"])
-            episode[key] = np.concatenate(list(unpack_blocks(blob, [0, *ends], shape[1:])))
+            blob, ends = data[key + LZ4], data[key + LZ4 + ".ends"]
+            steps = int(data[key + LZ4 + ".block"])
+            episode[key] = np.empty(data[key + LZ4 + ".shape"], np.uint8)
+            for i, (a, b) in enumerate(itertools.pairwise([0, *ends])):
+                unpack_block(blob[a:b], episode[key][i * steps:(i + 1) * steps])
     return episode
 
 
-def unpack_blocks(blob: memoryview, bounds, frame_shape: tuple):
-    """The frames of each lz4 block in `blob`, block i spanning bytes
-    bounds[i]:bounds[i + 1]."""
-    for a, b in itertools.pairwise(bounds):
-        yield np.frombuffer(lz4.block.decompress(blob[a:b]), np.uint8).reshape(
-            (-1, *frame_shape))
+def unpack_block(blob, out: np.ndarray) -> None:
+    """Decompresses one lz4 block straight into `out`, its exact size."""
+    if cramjam.lz4.decompress_block_into(blob, out) != out.nbytes:
+        raise ValueError("an image block is shorter than its frames")
 
 
 def episode_length(path: pathlib.Path) -> int:
@@ -163,11 +163,17 @@ class Stored:
             os.close(fd)
         if len(blob) != bounds[last + 1] - bounds[first]:
             raise OSError("the file is shorter than when it was indexed")
-        filled = 0
-        blocks = unpack_blocks(memoryview(blob), bounds[first:last + 2] - bounds[first], shape[1:])
-        for block, frames in enumerate(blocks, first):
-            lo, hi = max(start - block * steps, 0), min(stop - block * steps, len(frames))
-            out[filled:filled + hi - lo] = frames[lo:hi]
+        blob, filled = memoryview(blob), 0  # Slices without copies.
+        for block in range(first, last + 1):
+            data = blob[bounds[block] - bounds[first]:bounds[block + 1] - bounds[first]]
+            size = min(steps, shape[0] - block * steps)  # Frames in this block.
+            lo, hi = max(start - block * steps, 0), min(stop - block * steps, size)
+            if hi - lo == size:  # The whole block: decompressed in place.
+                unpack_block(data, out[filled:filled + size])
+            else:
+                frames = np.empty((size, *shape[1:]), np.uint8)
+                unpack_block(data, frames)
+                out[filled:filled + hi - lo] = frames[lo:hi]
             filled += hi - lo
 
 
@@ -276,7 +282,7 @@ class Replay:
                         stored.read(key, start, start + length, batch[key][row])
                     else:
                         batch[key][row] = stored.arrays[key][start:start + length]
-            except (OSError, ValueError, lz4.block.LZ4BlockError) as e:  # Damaged since.
+            except (OSError, ValueError, cramjam.DecompressionError) as e:  # Damaged since.
                 self._skip(stored.path, f"{type(e).__name__}: {e}")
                 continue
             row += 1
