@@ -1,0 +1,33 @@
+"""wrappers.DMLab on the real DeepMind Lab, which `make dmlab` builds from source. Skipped where
+deepmind_lab does not import; the stand-in tests in test_wrappers.py run everywhere."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("deepmind_lab")
+import wrappers  # conftest.py puts the repository on sys.path.
+
+
+def test_real_rooms_collect_good_objects():
+    env = wrappers.make_env("dmlab_rooms_collect_good_objects", 4, None, seed=0)
+    num = len(wrappers.DMLAB_ACTIONS)
+    assert env.obs_space["image"] == ((64, 64, 3), np.uint8)
+    assert env.act_space["discrete"] and env.act_space["shape"] == (num,)
+    first = env.reset()["image"]
+    assert first.shape == (64, 64, 3) and first.dtype == np.uint8
+    assert first.std() > 10 and len(np.unique(first.reshape(-1, 3), axis=0)) > 20  # Not blank.
+    actions = np.eye(num, dtype=np.float32)
+    obs, reward, done, info = env.step(actions[1])  # Forward: the view changes.
+    assert obs["image"].shape == (64, 64, 3) and not np.array_equal(obs["image"], first)
+    assert not done and info["discount"] == 1.0
+    # A seeded walk (forward, forward while turning, turning) until the level's 60 s timer ends
+    # it: 3600 frames at action repeat 4. Good objects give +1, bad ones -1 (this walk: 4 each).
+    rng = np.random.default_rng(0)
+    rewards = [reward]
+    while not done:
+        obs, reward, done, info = env.step(actions[rng.choice([1, 7, 8, 5])])
+        rewards.append(reward)
+    assert len(rewards) == 900 and info["discount"] == 1.0  # A cut, not a terminal state.
+    assert set(rewards) == {-1.0, 0.0, 1.0}
+    assert obs["image"].std() > 10  # The last frame is kept after the episode ended.
+    env.close()
