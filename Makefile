@@ -24,7 +24,7 @@ train: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q -n 2 --dist worksteal tests
 
-# DeepMind Lab's Python module, built from source with Bazel (dmlab/build.sh; about 10 minutes
+# DeepMind Lab's Python module, built from source with Bazel (dmlab/build.sh; about 7 minutes
 # on 2 cores). DMLAB_SRC=/path/to/lab names the source; without it the script clones one.
 dmlab: $(VENV)/.installed
 	dmlab/build.sh

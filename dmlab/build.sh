@@ -6,7 +6,7 @@
 # is overridden (--override_repository) by a small BUILD file of dmlab/system/ over the Debian
 # package, so that Bazel needs no network. The source tree itself is only read.
 #   DMLAB_SRC    source tree (default: a clone under DMLAB_BUILD)
-#   DMLAB_BUILD  Bazel's output, the wheel (default: ~/.cache/dmlab, about 3 GiB)
+#   DMLAB_BUILD  Bazel's output, the wheel (default: ~/.cache/dmlab, about 1.3 GiB)
 #   DMLAB_JOBS   parallel compile jobs (default: all cores)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -102,6 +102,7 @@ overrides+=("--override_repository=com_google_absl=$ABSL")
 # python_system.bzl asks `python3` for the Python and NumPy headers: make that the venv's.
 export PATH="$(dirname "$PY"):$PATH"
 bazel() { command bazel --output_user_root="$WORK/bazel" "$@"; }
+trap 'bazel shutdown 2>/dev/null' EXIT  # No idle Bazel server left holding memory.
 FLAGS=(-c opt --cxxopt=-std=c++17 --copt=-w --symlink_prefix=/ --spawn_strategy=processwrapper-sandbox --define graphics=osmesa_or_egl
        --jobs="$JOBS" --local_cpu_resources="$JOBS" "${overrides[@]}")
 cd "$SRC"
@@ -109,7 +110,6 @@ start=$SECONDS
 bazel build "${FLAGS[@]}" //python/pip_package:build_pip_package \
   || die "bazel build failed (the error is above); sources: $SRC, output: $WORK/bazel"
 BIN=$(bazel info "${FLAGS[@]}" bazel-bin 2>/dev/null)
-bazel shutdown  # No idle Bazel server left holding memory.
 
 # DeepMind Lab's own packaging script wants bazel-bin/ and python/ in its working folder.
 STAGE=$WORK/stage
