@@ -16,6 +16,11 @@ JOBS=${DMLAB_JOBS:-$(nproc)}
 die() { echo "dmlab/build.sh: $*" >&2; exit 1; }
 
 [[ -x $PY ]] || die "no $PY: build the project's venv first (make test does)"
+
+# A DMLAB_SRC is checked before anything is installed; without it, a clone comes after.
+is_lab() { grep -qs 'name = "org_deepmind_lab"' "$1/WORKSPACE"; }
+[[ -z ${DMLAB_SRC:-} ]] || is_lab "$DMLAB_SRC" || die "DMLAB_SRC=$DMLAB_SRC is not DeepMind Lab's \
+source tree (a checkout of github.com/google-deepmind/lab, whose WORKSPACE names org_deepmind_lab)"
 "$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
   || die "$PY has no C headers (Python.h): install its -dev package (Debian: python3-dev)"
 
@@ -33,20 +38,15 @@ if ((${#missing[@]})); then
     >/dev/null || die "apt-get install ${missing[*]} failed: run it as root on Debian 12 or newer"
 fi
 
-SRC=${DMLAB_SRC:-}
-if [[ -z $SRC ]]; then
-  SRC=$WORK/lab
-  if [[ ! -f $SRC/WORKSPACE ]]; then
-    echo "Cloning DeepMind Lab into $SRC."
-    rm -rf "$SRC"
-    git clone -q --depth 1 https://github.com/google-deepmind/lab "$SRC" 2>/dev/null || { rm -rf "$SRC";
-      die "no DeepMind Lab source and no network to clone it: set DMLAB_SRC=/path/to/a/checkout of github.com/google-deepmind/lab"; }
-  fi
+SRC=${DMLAB_SRC:-$WORK/lab}
+if ! is_lab "$SRC"; then
+  echo "Cloning DeepMind Lab into $SRC."
+  rm -rf "$SRC"
+  git clone -q --depth 1 https://github.com/google-deepmind/lab "$SRC" 2>/dev/null || { rm -rf "$SRC"
+    die "no DeepMind Lab source and no network to clone it: set DMLAB_SRC=/path/to/a/checkout of github.com/google-deepmind/lab"; }
 fi
 SRC=$(cd "$SRC" && pwd)
-grep -qs 'name = "org_deepmind_lab"' "$SRC/WORKSPACE" \
-  || die "DMLAB_SRC=$SRC is not DeepMind Lab's source tree (its WORKSPACE must name org_deepmind_lab)"
-# The assets are globbed, so a tree without them still builds, into levels with blank walls.
+# The assets are globbed, so a tree without them still builds, into untextured levels.
 [[ -f $SRC/assets/textures/model/hr_hat_d.tga ]] \
   || echo "Warning: $SRC lacks texture files (e.g. assets/textures/model/hr_hat_d.tga): levels will render untextured." >&2
 

@@ -1,14 +1,42 @@
-"""wrappers.DMLab on the real DeepMind Lab, which `make dmlab` builds from source. Skipped where
-deepmind_lab does not import; the stand-in tests in test_wrappers.py run everywhere."""
+"""DeepMind Lab for real: dmlab/build.sh's answers to bad input, and wrappers.DMLab on the real
+module that `make dmlab` builds, where deepmind_lab imports (the stand-in tests in
+test_wrappers.py run everywhere)."""
+
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-pytest.importorskip("deepmind_lab")
 import wrappers  # conftest.py puts the repository on sys.path.
+
+BUILD = pathlib.Path(__file__).resolve().parents[1] / "dmlab" / "build.sh"
+
+
+def _build(tmp_path, **env):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DMLAB_BUILD": str(tmp_path), **env}
+    return subprocess.run(["bash", str(BUILD)], check=False, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_build_refuses_a_source_path_that_is_not_deepmind_lab(tmp_path):
+    # Refused before anything is installed or built.
+    result = _build(tmp_path, DMLAB_SRC=str(tmp_path), PYTHON=sys.executable)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and f"DMLAB_SRC={tmp_path} is not" in result.stderr
+    assert "github.com/google-deepmind/lab" in result.stderr
+    assert not (tmp_path / "bazel").exists()
+
+
+def test_build_needs_the_venv(tmp_path):
+    result = _build(tmp_path, PYTHON=str(tmp_path / "python"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "build the project's venv first" in result.stderr
 
 
 def test_real_rooms_collect_good_objects():
+    pytest.importorskip("deepmind_lab")
     env = wrappers.make_env("dmlab_rooms_collect_good_objects", 4, None, seed=0)
     num = len(wrappers.DMLAB_ACTIONS)
     assert env.obs_space["image"] == ((64, 64, 3), np.uint8)
