@@ -6,7 +6,7 @@ LOGDIR ?= ./logdir/$(TASK)
 ARGS ?=
 export MUJOCO_GL ?= egl
 
-.PHONY: train test lint clean-venv
+.PHONY: train test lint dmlab clean-venv
 
 # Rebuilt whenever requirements.txt changes.
 $(VENV)/.installed: requirements.txt
@@ -23,6 +23,11 @@ train: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q -n 2 --dist worksteal tests
+
+# DeepMind Lab's Python module, built from source with Bazel (dmlab/build.sh; about 7 minutes
+# on 2 cores). DMLAB_SRC=/path/to/lab names the source; without it the script clones one.
+dmlab: $(VENV)/.installed
+	dmlab/build.sh
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -386,8 +386,8 @@ class Atari(_Env):
 # DeepMind Lab.
 
 _DMLAB_INSTALL = (
-    "deepmind_lab is not on PyPI: build it from source with Bazel (github.com/google-deepmind/lab: "
-    "bazel build -c opt //python/pip_package:build_pip_package), then pip install the wheel.")
+    "deepmind_lab is not on PyPI: `make dmlab` builds it from source with bazel into .venv "
+    "(DMLAB_SRC=/path/to/a/checkout of github.com/google-deepmind/lab where there is no network).")
 
 
 def _check_dmlab(level: str) -> None:
@@ -404,8 +404,9 @@ def _check_dmlab(level: str) -> None:
 _DMLAB_ALIASES = {name: name + "_train" for name in (
     "rooms_collect_good_objects", "rooms_exploit_deferred_effects")}
 
-# Rows: look left/right, look down/up, strafe left/right, back/forward, fire, jump, crouch (the
-# order of Lab.action_spec()).
+# Columns in the order of Lab.action_spec().
+DMLAB_ACTION_NAMES = ("LOOK_LEFT_RIGHT_PIXELS_PER_FRAME", "LOOK_DOWN_UP_PIXELS_PER_FRAME",
+                      "STRAFE_LEFT_RIGHT", "MOVE_BACK_FORWARD", "FIRE", "JUMP", "CROUCH")
 DMLAB_ACTIONS = np.array([
     (0, 0, 0, 0, 0, 0, 0),     # noop
     (0, 0, 0, 1, 0, 0, 0),     # forward
@@ -434,10 +435,14 @@ class DMLab(_Env):
         if "/" not in level:
             level = "contributed/dmlab30/" + _DMLAB_ALIASES.get(level, level)
         height, width = size
+        # The software renderer (OSMesa) runs on the CPU with no display or GPU; 'hardware' would
+        # need EGL and a GPU driver.
         self._env = deepmind_lab.Lab(
-            level, ["RGB_INTERLEAVED"], config={"width": str(width), "height": str(height)})
-        if len(self._env.action_spec()) != DMLAB_ACTIONS.shape[1]:
-            raise ValueError("Unexpected DeepMind Lab action spec.")
+            level, ["RGB_INTERLEAVED"], config={"width": str(width), "height": str(height)},
+            renderer="software")
+        names = tuple(spec["name"] for spec in self._env.action_spec())
+        if names != DMLAB_ACTION_NAMES:  # The columns of DMLAB_ACTIONS would act wrongly.
+            raise ValueError(f"Unexpected DeepMind Lab actions {names}: expected {DMLAB_ACTION_NAMES}.")
         self._repeat, self._size = action_repeat, tuple(size)
         self._rng = np.random.default_rng(seed)
 

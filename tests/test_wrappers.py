@@ -513,9 +513,10 @@ LABS = []  # Every FakeLab built, newest last.
 class FakeLab:
     """Stand-in for deepmind_lab.Lab: episodes last 3 steps."""
 
-    def __init__(self, level, observations, config):
+    def __init__(self, level, observations, config, renderer=None):
         self.level, self.observation_names, self.config = (
             level, observations, config)
+        self.renderer = renderer
         self.calls, self.count = [], 0
         LABS.append(self)
 
@@ -554,6 +555,7 @@ def test_dmlab_with_stand_in_module(monkeypatch):
     lab = LABS[-1]
     assert lab.level == 'contributed/dmlab30/rooms_collect_good_objects_train'
     assert lab.observation_names == ['RGB_INTERLEAVED']
+    assert lab.renderer == 'software'  # Headless, on the CPU.
     assert env.obs_space['image'] == ((64, 64, 3), np.uint8)
     num = env.act_space['shape'][0]
     assert env.act_space['discrete'] and num == len(wrappers.DMLAB_ACTIONS)
@@ -568,6 +570,18 @@ def test_dmlab_with_stand_in_module(monkeypatch):
     obs, _, done, info = env.step(np.eye(num, dtype=np.float32)[0])
     # Ended by the level's timer: a cut, with the last frame kept.
     assert done and info['discount'] == 1.0 and obs['image'][0, 0, 0] == 2
+
+
+def test_dmlab_refuses_actions_in_another_order(monkeypatch):
+    class SwappedLab(FakeLab):
+        def action_spec(self):
+            return super().action_spec()[::-1]
+    module = types.ModuleType('deepmind_lab')
+    module.Lab = SwappedLab
+    monkeypatch.setitem(sys.modules, 'deepmind_lab', module)
+    with pytest.raises(ValueError, match='Unexpected DeepMind Lab actions') as error:
+        wrappers.DMLab('rooms_collect_good_objects')
+    assert '\n' not in str(error.value)
 
 
 def test_dmlab_missing_module_has_one_line_error(monkeypatch):
