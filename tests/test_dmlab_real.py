@@ -2,6 +2,7 @@
 module that `make dmlab` builds, where deepmind_lab imports (the stand-in tests in
 test_wrappers.py run everywhere)."""
 
+import functools
 import pathlib
 import subprocess
 import sys
@@ -37,7 +38,10 @@ def test_build_needs_the_venv(tmp_path):
 
 def test_real_rooms_collect_good_objects():
     pytest.importorskip("deepmind_lab")
-    env = wrappers.make_env("dmlab_rooms_collect_good_objects", 4, None, seed=0)
+    # In a spawned worker, as training runs it: the software renderer and TensorFlow, which
+    # other tests load into this process, segfault together.
+    env = wrappers.Parallel(functools.partial(
+        wrappers.make_env, "dmlab_rooms_collect_good_objects", 4, None, seed=0))
     num = len(wrappers.DMLAB_ACTIONS)
     assert env.obs_space["image"] == ((64, 64, 3), np.uint8)
     assert env.act_space["discrete"] and env.act_space["shape"] == (num,)
