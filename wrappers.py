@@ -435,8 +435,8 @@ class DMLab(_Env):
         if "/" not in level:
             level = "contributed/dmlab30/" + _DMLAB_ALIASES.get(level, level)
         height, width = size
-        # The software renderer (OSMesa) runs on the CPU with no display or GPU; 'hardware' would
-        # need EGL and a GPU driver.
+        # The software renderer (OSMesa) needs no display, GPU or EGL; headless here, 'hardware'
+        # rendered the same frames through Mesa's EGL.
         self._env = deepmind_lab.Lab(
             level, ["RGB_INTERLEAVED"], config={"width": str(width), "height": str(height)},
             renderer="software")
