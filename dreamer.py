@@ -894,6 +894,12 @@ class Loop:
         self.logger.scalar("test/episodes", self.config.eval_episodes)
         if self.agent.chief:  # Its variables are mirrored: writing them takes no collective.
             save_checkpoint(self.agent, self.checkpoints, self.step)
+        # Open-loop predictions with each evaluation, not each log line: at 5e6
+        # steps a GIF per 1e3 steps would fill the logdir faster than the replay.
+        if self.config.log_videos and self.config.obs == "image":
+            data = self.replay.sample_batch(6, self.config.batch_length, self.spec)
+            video = self.agent.open_loop(to_tensors(data)).numpy()
+            self.logger.video(self.step, "agent/openl", "openl", video)
         self.logger.scalar("wall_time", time.time() - self._start)
         self._write(self.step)
 
@@ -904,10 +910,6 @@ class Loop:
         restarts = self.train_driver.restarts + self.test_driver.restarts
         self.logger.scalar("env_restarts", restarts)
         self.logger.scalar("wall_time", time.time() - self._start)
-        if self.config.log_videos and self.config.obs == "image":
-            data = self.replay.sample_batch(6, self.config.batch_length, self.spec)
-            video = self.agent.open_loop(to_tensors(data)).numpy()
-            self.logger.video(step, "agent/openl", "openl", video)
         self._last_log = (now, step)
         self._write(step)
 

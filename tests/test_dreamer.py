@@ -316,14 +316,14 @@ def test_debug_run_then_resume(tmp_path):
     first_iterations = saved.get_tensor(iterations[0])
     assert first_iterations > 0
 
-    # Videos: every evaluation episode, and open-loop predictions per log interval.
+    # Videos: the first episode and open-loop predictions of every evaluation.
     test_videos = sorted((logdir / "videos").glob("test_*.gif"))
     evals = [m for m in metrics if "test/return" in m]
     assert len(test_videos) == len(evals)
     frames = iio.imread(test_videos[-1], index=None)
     assert frames.shape == (101, 64, 64, 3)
     openl = sorted((logdir / "videos").glob("openl_*.gif"))
-    assert openl
+    assert [p.name[6:] for p in openl] == [p.name[5:] for p in test_videos]
     frames = iio.imread(openl[-1], index=None)
     # Rows truth / model / error; six sequences side by side (more than a debug batch).
     assert frames.shape == (10, 3 * 64, 6 * 64, 3)
