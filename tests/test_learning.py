@@ -88,7 +88,7 @@ def test_main_skips_finished_runs_and_passes_flags_on(
     [(logdir, argv)] = jobs  # Seed 0 reached 4000 steps with an evaluation.
     assert logdir == learning.logdir_of(tmp_path, "dmc_cartpole_balance", "state_sharp", 1)
     assert argv[argv.index("--seed") + 1] == "1"
-    assert argv[argv.index("--decoder_std") + 1] == "0.03"
+    assert argv[argv.index("--configs") + 1] == "state_sharp"
     assert argv[-2:] == ["--eval_episodes", "5"]
     assert "| dmc_cartpole_balance | state_sharp | 1 | 4,000 | 100 |" in (
         tmp_path / "learning.md").read_text()
