@@ -30,6 +30,7 @@ import dreamer  # noqa: I001 (first: it sets up TensorFlow's environment before 
 
 import numpy as np
 import tensorflow as tf
+from matplotlib import image
 
 import models
 import tools
@@ -76,14 +77,21 @@ def rmse(error: np.ndarray, mask: np.ndarray) -> float:
     return float(np.sqrt(np.sum(error ** 2 * mask) / (3 * np.sum(mask))))
 
 
-def evaluate(agent: dreamer.Dreamer, data: dict, moving: np.ndarray, horizon: int) -> dict:
+def evaluate(agent: dreamer.Dreamer, data: dict, moving: np.ndarray, horizon: int,
+             frames: pathlib.Path | None = None) -> dict:
     truth = models.preprocess(data["image"]).numpy()
     post, _ = agent.rssm.observe(agent.encoder(data["image"]), data["action"])
-    post_error = agent.decoder(agent.rssm.get_feat(post)).mode().numpy() - truth
+    post_model = agent.decoder(agent.rssm.get_feat(post)).mode().numpy()
     short = {k: v[:, :CONTEXT + horizon] for k, v in data.items()}
     _, prior_feat = dreamer.open_loop_feat(agent, short, CONTEXT)
-    open_error = (agent.decoder(prior_feat).mode().numpy()
-                  - truth[:, CONTEXT:CONTEXT + horizon])
+    open_model = agent.decoder(prior_feat).mode().numpy()
+    post_error = post_model - truth
+    open_error = open_model - truth[:, CONTEXT:CONTEXT + horizon]
+    if frames:  # Rows: truth, posterior, open loop; the 5th imagined step of 8 chunks.
+        t = CONTEXT + 4
+        rows = [np.concatenate(list(x[:8, i]), 1) for x, i in
+                ((truth, t), (post_model, t), (open_model, 4))]
+        image.imsave(frames, np.clip(np.concatenate(rows, 0) + 0.5, 0, 1))
     median = np.median(truth.reshape(-1, *truth.shape[2:]), 0) - truth
     still = ~moving
     return dict(post_moving=rmse(post_error, moving), post_still=rmse(post_error, still),
@@ -99,6 +107,9 @@ def main() -> None:
     parser.add_argument("--test_episodes", type=int, default=2)
     parser.add_argument("--probe_steps", type=int, default=2000)
     parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--frames", type=pathlib.Path, default=None,
+                        help="writes FRAMES_<step>.png at these steps: truth, posterior, open loop")
+    parser.add_argument("--frames_at", type=int, nargs="*", default=[])
     args, rest = parser.parse_known_args()
     rest = [x for x in rest if x != "--"]
     config = dreamer.parse_config(["--logdir", str(args.data), *rest])
@@ -132,10 +143,12 @@ def main() -> None:
     train_s, metrics = 0.0, {}
     with args.out.open("a") as out:
         for step in range(args.probe_steps + 1):
-            if step % args.every == 0:
+            frames = args.frames and step in args.frames_at and pathlib.Path(
+                f"{args.frames}_{step}.png")
+            if step % args.every == 0 or frames:
                 row = dict(flags=flags, grad_steps=step, wall_s=round(train_s, 1),
                            **{k: float(metrics.get(k, np.nan)) for k in ("image_loss", "div")},
-                           **evaluate(agent, test, moving, config.horizon))
+                           **evaluate(agent, test, moving, config.horizon, frames))
                 print(f"{step} | {train_s:.0f} | {row['image_loss']:.1f} | {row['div']:.2f} | "
                       f"{row['post_moving']:.4f} | {row['post_still']:.4f} | "
                       f"{row['open_moving']:.4f} | {row['no_object']:.4f}", flush=True)
