@@ -57,7 +57,7 @@ def collect(config, directory: pathlib.Path, episodes: int, seed: int) -> None:
         env.close()
 
 
-def test_chunks(directory: pathlib.Path, length: int) -> tuple[dict, np.ndarray]:
+def held_out_chunks(directory: pathlib.Path, length: int) -> tuple[dict, np.ndarray]:
     """Every held-out episode cut into chunks of `length` steps, and the mask
     of moving pixels (chunk, time, height, width, 1)."""
     chunks, masks = [], []
@@ -126,7 +126,7 @@ def main() -> None:
     replay = tools.Replay(args.data / "train", seed=config.seed)
     spec = {k: v for k, v in tools.Stored(tools.list_episodes(args.data / "train")[0]).spec.items()
             if k in ("image", "action", "reward", "discount")}
-    test, moving = test_chunks(args.data / "test", config.batch_length)
+    test, moving = held_out_chunks(args.data / "test", config.batch_length)
     test = {k: tf.constant(v) for k, v in test.items() if k in spec}
 
     def model_step(data):
