@@ -106,18 +106,18 @@ SUITES = dict(dmc={}, atari=DISCRETE, dmlab=DISCRETE)
 
 # Smaller models for a few CPU cores (--configs NAME ...); RESULTS.md
 # gives what each learned and how fast.
+CPU_STATE = dict(batch_size=16, num_units=100, deter_size=100)
 PRESETS = dict(
     cpu=dict(batch_size=16, num_units=200),
-    cpu_state=dict(batch_size=16, num_units=100, deter_size=100),
+    cpu_state=CPU_STATE,
     # From state, each tuned on one task; neither's flags work on the other's
     # (RESULTS.md). A few dims (cartpole): a sharp decoder and fewer free nats
     # make small state errors cost.
-    state_sharp=dict(obs="state", batch_size=16, num_units=100, deter_size=100, precision=32,
-                     decoder_std=0.03, free_nats=1.0, action_dist="trunc_normal",
-                     action_min_std=0.1, value_lr=3e-4),
+    state_sharp=dict(CPU_STATE, obs="state", precision=32, decoder_std=0.03, free_nats=1.0,
+                     action_dist="trunc_normal", action_min_std=0.1, value_lr=3e-4),
     # Many dims with large velocities (walker): squashed, and more gradient steps.
-    state_symlog=dict(obs="state", batch_size=16, num_units=100, deter_size=100, precision=32,
-                      state_symlog=True, value_lr=3e-4, train_steps=200),
+    state_symlog=dict(CPU_STATE, obs="state", precision=32, state_symlog=True, value_lr=3e-4,
+                      train_steps=200),
     # Pixels, with no per-task flags. Not the paper's: a faster value model, and
     # a truncated-Normal actor with a floor on its spread, whose samples stay off
     # the action bounds (cartpole's early one-sided pushing remains: RESULTS.md).
