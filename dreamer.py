@@ -122,12 +122,9 @@ PRESETS = dict(
     # truncated-Normal actor with a floor on its spread, whose samples stay off
     # the action bounds; frames without shadows, reflections or multisampling,
     # 2.5x cheaper in software rendering; batch 6, ahead of 12 per second of
-    # world-model training (RESULTS.md), so a run fits 2 h on an AVX2 CPU;
-    # 1 free nat (DreamerV2's): cartpole's and pendulum's KL sits at 2-3 nats,
-    # where 3 free nats leave the prior, which imagination samples, no gradient.
+    # world-model training (RESULTS.md), so a run fits 2 h on an AVX2 CPU.
     cpu_image=dict(batch_size=6, num_units=200, cnn_depth=16, value_lr=3e-4,
-                   action_dist="trunc_normal", action_min_std=0.1, render_fast=True,
-                   free_nats=1.0),
+                   action_dist="trunc_normal", action_min_std=0.1, render_fast=True),
     # Every phase of a run (prefill, training, evaluation, logging) in about a minute.
     debug=dict(
         render_fast=True, time_limit=200, prefill=800, train_every=500, train_steps=3, pretrain=3,

@@ -108,7 +108,7 @@ RESOLVED = {
                          num_units=100, deter_size=100, precision=32,
                          train_steps=200),
     "cpu_image": dict(obs="image", value_lr=3e-4, cnn_depth=16, action_dist="trunc_normal",
-                      action_min_std=0.1, batch_size=6, render_fast=True, free_nats=1.0),
+                      action_min_std=0.1, batch_size=6, render_fast=True, free_nats=3.0),
 }
 
 
