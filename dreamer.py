@@ -122,7 +122,7 @@ PRESETS = dict(
     # truncated-Normal actor with a floor on its spread, whose samples stay off
     # the action bounds; frames without shadows, reflections or multisampling,
     # 2.5x cheaper in software rendering; batch 6, ahead of 12 per second of
-    # world-model training (RESULTS.md), so a run fits 2 h on an AVX2 CPU.
+    # world-model training (RESULTS.md), so a run takes about 2 h alone on an AVX2 CPU.
     cpu_image=dict(batch_size=6, num_units=200, cnn_depth=16, value_lr=3e-4,
                    action_dist="trunc_normal", action_min_std=0.1, render_fast=True),
     # Every phase of a run (prefill, training, evaluation, logging) in about a minute.
