@@ -21,10 +21,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import dreamer
 
 LENGTH = 20  # Agent steps per episode.
-STEPS = 4000  # Env steps of training.
+STEPS = 3000  # Env steps of training.
 # The paper's agent (tanh-Normal actor, lambda-returns through the model)
-# with tiny models and faster learning rates, so that a run takes about a
-# minute. For a 20-step task: discount 0.9, so that imagined rewards, not
+# with tiny models and faster learning rates, so that a run takes about
+# 45 s. For a 20-step task: discount 0.9, so that imagined rewards, not
 # the bootstrapped value, make most of the return. For a 1-dimensional state:
 # a sharp decoder and 1 free nat, so that the KL passes free nats and the
 # prior, which imagination runs on, gets trained (below free nats it gets
@@ -120,7 +120,7 @@ def test_agent_learns_to_reach(tmp_path):
     baseline = random_return(seed=1)
     trained = train_reach(tmp_path / "reach", seed=0)
     # Random actions score 9.2 (standard error below 0.1); agents of 10 seeds
-    # scored 18.9-19.3, with learning broken at most 11.7 (benchmarks/RESULTS.md).
+    # scored 18.6-19.3, with learning broken at most 9.5 (benchmarks/RESULTS.md).
     assert baseline < 10
     assert trained > 15, f"evaluation return {trained:.2f}, random actions {baseline:.2f}"
 

@@ -195,17 +195,6 @@ def test_model_loss_clips_the_kl_at_free_nats():
     assert float(loss) == pytest.approx(2 * 1000 + likes, rel=1e-5)
 
 
-def test_nonfinite_step_is_skipped():
-    agent = tiny_agent()
-    data = batch()
-    data["reward"] = tf.tensor_scatter_nd_update(data["reward"], [[0, 0]], [np.nan])
-    weights = [v.numpy().copy() for v in agent.reward.trainable_variables]
-    metrics = agent.train(data)
-    assert metrics["model_nonfinite"].numpy() == 1.0
-    for a, b in zip(weights, agent.reward.trainable_variables):
-        np.testing.assert_array_equal(a, b.numpy())
-
-
 def test_pcont_weights_against_hand_computed_example():
     agent = tiny_agent("--pcont", "True", "--horizon", "4", "--disclam", "0.5")
     reward = tf.constant([[1.0], [2.0], [3.0], [4.0]])
@@ -289,9 +278,11 @@ def read_metrics(logdir):
 
 
 @pytest.mark.slow
-def test_debug_run_then_resume(tmp_path):
+def test_debug_run(tmp_path):
+    """A whole debug run on walker: episodes, metrics, checkpoint, videos, plots.
+    Resuming is tested by the kill tests of test_faults.py."""
     logdir = tmp_path / "walker"
-    first = run(logdir, "--task", "dmc_walker_walk", "--configs", "debug", "--steps", "3000")
+    first = run(logdir, "--task", "dmc_walker_walk", "--configs", "debug", "--steps", "2000")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Prefill" in first.stdout
     episodes = sorted((logdir / "episodes").glob("*.npz"))
@@ -307,7 +298,7 @@ def test_debug_run_then_resume(tmp_path):
     assert losses and all(np.isfinite(m["train/model_loss"]) for m in losses)
     assert any("test/return" in m for m in metrics)
     last_step = metrics[-1]["step"]
-    assert last_step >= 3000
+    assert last_step >= 2000
     checkpoints = sorted((logdir / "checkpoint").glob("[0-9]*"))
     assert checkpoints and int(checkpoints[-1].name) == last_step
     assert (logdir / "config.yaml").read_text().count("batch_size: 4") == 1
@@ -329,28 +320,11 @@ def test_debug_run_then_resume(tmp_path):
     assert frames.shape == (10, 3 * 64, 6 * 64, 3)
     assert "Eval return: final" in first.stdout and (logdir / "plots").is_dir()
     # Not on a terminal: plain log lines, no progress bar.
-    assert "\r" not in first.stdout + first.stderr and "[3000] " in first.stdout
-
-    second = run(logdir, "--task", "dmc_walker_walk", "--configs", "debug", "--steps", "4000",
-                 "--eval_episodes", "3")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "Prefill" not in second.stdout and "Pretrain" not in second.stdout
-    assert f"Resumed from checkpoint at step {last_step}" in second.stdout
-    new = read_metrics(logdir)[len(metrics):]
-    assert new and min(m["step"] for m in new) >= last_step
-    checkpoints = sorted((logdir / "checkpoint").glob("[0-9]*"))
-    saved = tf.train.load_checkpoint(str(checkpoints[-1] / "ckpt"))
-    assert saved.get_tensor(iterations[0]) > first_iterations  # Adam state carried on.
-    assert int(checkpoints[-1].name) >= 4000
-    # Each later evaluation averages three episodes and films the first.
-    evals = [m for m in new if "test/return" in m]
-    assert evals and all(m["test/episodes"] == 3 for m in evals)
-    assert all(m["test/episodes"] == 1 for m in metrics if "test/return" in m)
-    assert len(sorted((logdir / "videos").glob("test_*.gif"))) == len(test_videos) + len(evals)
+    assert "\r" not in first.stdout + first.stderr and "[2000] " in first.stdout
 
 
 @pytest.mark.slow
-def test_atari_debug_run_then_resume(tmp_path):
+def test_atari_debug_run(tmp_path):
     logdir = tmp_path / "pong"
     flags = ["--task", "atari_pong", "--configs", "debug", "--steps", "1600",
              "--log_videos", "False"]
@@ -369,9 +343,6 @@ def test_atari_debug_run_then_resume(tmp_path):
     assert pcont and all(np.isfinite(pcont))
     assert any("test/return" in m for m in metrics)
     assert not (logdir / "videos").exists()
-    second = run(logdir, *flags[:-3], "2400", "--log_videos", "False")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "Resumed from checkpoint" in second.stdout and "Prefill" not in second.stdout
 
 
 def test_summary_of_a_logdir(tmp_path, capsys):
