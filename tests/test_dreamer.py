@@ -282,9 +282,9 @@ def test_debug_run(tmp_path):
     """A whole debug run on walker: episodes, metrics, checkpoint, videos, plots.
     Resuming is tested by the kill tests of test_faults.py."""
     logdir = tmp_path / "walker"
-    first = run(logdir, "--task", "dmc_walker_walk", "--configs", "debug", "--steps", "2000")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "Prefill" in first.stdout
+    result = run(logdir, "--task", "dmc_walker_walk", "--configs", "debug", "--steps", "2000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Prefill" in result.stdout
     episodes = sorted((logdir / "episodes").glob("*.npz"))
     assert len(episodes) >= 10
     episode = tools.load_episode(episodes[0])
@@ -304,8 +304,7 @@ def test_debug_run(tmp_path):
     assert (logdir / "config.yaml").read_text().count("batch_size: 4") == 1
     saved = tf.train.load_checkpoint(str(checkpoints[-1] / "ckpt"))
     iterations = [k for k in saved.get_variable_to_shape_map() if k.startswith("model_opt/_iterations")]
-    first_iterations = saved.get_tensor(iterations[0])
-    assert first_iterations > 0
+    assert saved.get_tensor(iterations[0]) > 0
 
     # Videos: the first episode and open-loop predictions of every evaluation.
     test_videos = sorted((logdir / "videos").glob("test_*.gif"))
@@ -318,9 +317,9 @@ def test_debug_run(tmp_path):
     frames = iio.imread(openl[-1], index=None)
     # Rows truth / model / error; six sequences side by side (more than a debug batch).
     assert frames.shape == (10, 3 * 64, 6 * 64, 3)
-    assert "Eval return: final" in first.stdout and (logdir / "plots").is_dir()
+    assert "Eval return: final" in result.stdout and (logdir / "plots").is_dir()
     # Not on a terminal: plain log lines, no progress bar.
-    assert "\r" not in first.stdout + first.stderr and "[2000] " in first.stdout
+    assert "\r" not in result.stdout + result.stderr and "[2000] " in result.stdout
 
 
 @pytest.mark.slow
@@ -328,8 +327,8 @@ def test_atari_debug_run(tmp_path):
     logdir = tmp_path / "pong"
     flags = ["--task", "atari_pong", "--configs", "debug", "--steps", "1600",
              "--log_videos", "False"]
-    first = run(logdir, *flags)
-    assert first.returncode == 0, first.stderr[-3000:]
+    result = run(logdir, *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
     config = (logdir / "config.yaml").read_text()
     assert "action_dist: onehot" in config and "pcont: true" in config
     # Prefill's random actions and the actor's samples alike: exactly one-hot.
