@@ -9,6 +9,9 @@ From posterior states of replay chunks it prints:
   above gentler ones points at model or value errors;
 - open-loop accuracy: RMSE of the decoded observation and of the reward
   when the prior imagines from recorded actions after 5 observed steps;
+- where the replay's reward is sparse (a few rewarded episodes), whether
+  the reward head sees it: its mean prediction on the posterior states of
+  every rewarded step in the replay against the true reward there;
 - for cartpole tasks from state, how often the actor's action and the
   model's gradient of the imagined return with respect to the first action
   have the sign of a linear controller that balances the real task (found
@@ -68,6 +71,39 @@ def open_loop_rmse(agent: dreamer.Dreamer, data: dict, key: str, horizon: int) -
                 reward=np.sqrt(np.mean(np.asarray(reward) ** 2, axis=0)),
                 obs_std=np.std(truth.numpy().reshape(-1, truth.shape[-1]), 0),
                 reward_std=float(np.std(data["reward"])))
+
+
+def reward_fit(agent: dreamer.Dreamer, directory: pathlib.Path, key: str) -> dict | None:
+    """The reward head on the posterior states of whole stored episodes that
+    hold a reward above 0.1: its mean prediction on those rewarded steps and
+    on the other steps, against the truth; and whether the states carry the
+    reward at all: a ridge regression from the features to the reward, fit
+    on every other such episode and scored (correlation) on the rest. None
+    where fewer than two episodes have a reward."""
+    true, pred, feats = [], [], []
+    for path in tools.list_episodes(directory):
+        episode = tools.load_episode(path)
+        if not (episode["reward"] > 0.1).any():
+            continue
+        data = {k: tf.constant(episode[k][None]) for k in (key, "action")}
+        post, _ = agent.rssm.observe(agent.encoder(data[key]), data["action"])
+        feat = agent.rssm.get_feat(post)
+        pred.append(agent.reward(feat).mode().numpy()[0])
+        feats.append(feat.numpy()[0])
+        true.append(episode["reward"])
+    if len(true) < 2:
+        return None
+    fit = lambda parts: (np.concatenate(parts[0::2]), np.concatenate(parts[1::2]))
+    (x_fit, x_test), (y_fit, y_test) = fit(feats), fit(true)
+    x_fit = np.c_[x_fit, np.ones(len(x_fit))]
+    weights = np.linalg.solve(x_fit.T @ x_fit + np.eye(x_fit.shape[1]), x_fit.T @ y_fit)
+    probe = np.c_[x_test, np.ones(len(x_test))] @ weights
+    episodes, (true, pred) = len(true), (np.concatenate(true), np.concatenate(pred))
+    hit = true > 0.1
+    return dict(episodes=episodes, steps=int(hit.sum()), true=float(true[hit].mean()),
+                pred=float(pred[hit].mean()), pred_other=float(pred[~hit].mean()),
+                corr=float(np.corrcoef(true, pred)[0, 1]),
+                probe=float(np.corrcoef(y_test, probe)[0, 1]))
 
 
 def cartpole_agreement(agent: dreamer.Dreamer, data: dict, start: dict, horizon: int) -> dict:
@@ -137,6 +173,14 @@ def main(argv: list[str] | None = None) -> None:
     for t in sorted({0, 4, 9, len(rmse["reward"]) - 1}):
         print(f"  step {t + 1:2d}: observation RMSE {rmse['obs'][t]}, "
               f"reward RMSE {rmse['reward'][t]:.3f}")
+    fit = reward_fit(agent, logdir / "episodes", config.obs)
+    if fit is None:
+        print("fewer than two stored episodes have a reward above 0.1")
+    else:
+        print(f"rewarded steps (reward > 0.1) in {fit['episodes']} episodes: {fit['steps']}, "
+              f"true mean {fit['true']:.3f}, reward head {fit['pred']:.3f} there and "
+              f"{fit['pred_other']:.3f} elsewhere; correlation {fit['corr']:.2f}, of a linear "
+              f"probe of the states on held-out episodes {fit['probe']:.2f}")
     if config.task.startswith("dmc_cartpole") and config.obs == "state":
         agree = cartpole_agreement(agent, data, start, config.horizon)
         print(f"pole near upright in {agree['upright']:.1%} of replay states; sign agreement "

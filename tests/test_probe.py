@@ -1,12 +1,17 @@
-"""Tests for benchmarks/imagination_probe.py's replay statistics."""
+"""Tests for benchmarks/imagination_probe.py's replay statistics and
+benchmarks/exploration.py's counts."""
 
+import json
 import pathlib
 import sys
+import types
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-import imagination_probe
+import exploration  # noqa: E402
+import imagination_probe  # noqa: E402
 
 
 def store(directory: pathlib.Path, index: int, cos: list[float]) -> None:
@@ -29,3 +34,84 @@ def test_balance_times_per_group_in_collection_order(tmp_path: pathlib.Path) -> 
     assert [r["episodes"] for r in rows] == [(1, 2), (3, 3)]
     assert rows[0]["first_fall"] == 2 and rows[1]["first_fall"] == 6
     assert np.isclose(rows[0]["upright"], (4 / 6 + 1 / 6) / 2) and rows[1]["upright"] == 1.0
+
+
+class Returned:
+    """What a head returns: a distribution whose mode is the given tensor."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def mode(self):
+        return self._value
+
+
+class LookingAgent:
+    """Stands in for the agent: its posterior features are the observations,
+    its reward head reads feature `read`."""
+
+    def __init__(self, read: int):
+        self.encoder = lambda obs: obs
+        self.rssm = types.SimpleNamespace(observe=lambda embed, action: ({"feat": embed}, None),
+                                          get_feat=lambda post: post["feat"])
+        self.reward = lambda feat: Returned(feat[..., read])
+
+
+def test_reward_fit_tells_a_reward_in_the_states_from_one_that_is_not(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        reward = (rng.uniform(size=60) > 0.8) * 2.0
+        state = np.stack([reward, rng.normal(size=60)], 1).astype(np.float32)
+        np.savez(tmp_path / f"20260101T0000{index:02d}-{index:032x}-59.npz", state=state,
+                 action=np.zeros((60, 1), np.float32), reward=reward.astype(np.float32))
+    np.savez(tmp_path / f"20260101T000009-{9:032x}-59.npz",  # No reward: left out.
+             state=np.ones((60, 2), np.float32), action=np.zeros((60, 1), np.float32),
+             reward=np.zeros(60, np.float32))
+    seen = imagination_probe.reward_fit(LookingAgent(read=0), tmp_path, "state")
+    assert seen["episodes"] == 4 and seen["steps"] > 20
+    assert seen["true"] == 2.0 and np.isclose(seen["pred"], 2.0) and seen["pred_other"] == 0.0
+    assert np.isclose(seen["corr"], 1.0) and seen["probe"] > 0.95
+    blind = imagination_probe.reward_fit(LookingAgent(read=1), tmp_path, "state")
+    assert abs(blind["corr"]) < 0.3 and blind["probe"] > 0.95  # The states still hold it.
+
+
+def test_reward_fit_needs_two_rewarded_episodes(tmp_path) -> None:
+    np.savez(tmp_path / f"20260101T000000-{0:032x}-2.npz", state=np.ones((3, 1), np.float32),
+             action=np.zeros((3, 1), np.float32), reward=np.array([0, 1, 0], np.float32))
+    assert imagination_probe.reward_fit(LookingAgent(read=0), tmp_path, "state") is None
+
+
+class RewardedWhenPushed:
+    """Episodes of 10 steps whose reward is 1 where the action exceeds 0.5."""
+
+    def reset(self):
+        self._t = 0
+
+    def step(self, action):
+        self._t += 1
+        return None, float(action[0] > 0.5), self._t == 10, {}
+
+
+def test_exploration_rules_count_rewarded_steps_and_episodes() -> None:
+    rng = np.random.default_rng(0)
+    rules = exploration.rules(1, rng)
+    pushed = exploration.run(RewardedWhenPushed(), rules["constant +1"], episodes=3)
+    assert pushed == dict(mean=10.0, max=10.0, episodes_with_reward=1.0, rewarded_steps=1.0)
+    never = exploration.run(RewardedWhenPushed(), rules["constant -1"], episodes=3)
+    assert never["episodes_with_reward"] == 0.0 and never["rewarded_steps"] == 0.0
+    uniform = exploration.run(RewardedWhenPushed(), rules["uniform random"], episodes=40)
+    assert 0.15 < uniform["rewarded_steps"] < 0.35  # P(a > 0.5) = 0.25.
+    held, memory = rules["random sign held 10 steps"], {}
+    signs = {float(held(t, memory)[0]) for t in range(10)}
+    assert len(signs) == 1 and signs <= {-1.0, 1.0}
+
+
+def test_exploration_writes_its_table_and_refuses_discrete_actions(tmp_path, capsys) -> None:
+    out = tmp_path / "exploration.json"
+    exploration.main(["--task", "dmc_pendulum_swingup", "--episodes", "1", "--time_limit", "20",
+                      "--json", str(out)])
+    rows = json.loads(out.read_text())["rules"]
+    assert "constant +1" in rows and all(0 <= r["rewarded_steps"] <= 1 for r in rows.values())
+    with pytest.raises(SystemExit):
+        exploration.main(["--task", "gym_CartPole-v1", "--episodes", "1"])
+    assert "discrete actions" in capsys.readouterr().err
