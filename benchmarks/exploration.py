@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import wrappers  # noqa: E402
+import wrappers
 
 
 def rules(size: int, rng: np.random.Generator) -> dict:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-import exploration  # noqa: E402
-import imagination_probe  # noqa: E402
+import exploration
+import imagination_probe
 
 
 def store(directory: pathlib.Path, index: int, cos: list[float]) -> None:
