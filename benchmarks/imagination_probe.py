@@ -73,24 +73,35 @@ def open_loop_rmse(agent: dreamer.Dreamer, data: dict, key: str, horizon: int) -
                 reward_std=float(np.std(data["reward"])))
 
 
-def reward_fit(agent: dreamer.Dreamer, directory: pathlib.Path, key: str) -> dict | None:
-    """The reward head on the posterior states of whole stored episodes that
-    hold a reward above 0.1: its mean prediction on those rewarded steps and
-    on the other steps, against the truth; and whether the states carry the
-    reward at all: a ridge regression from the features to the reward, fit
-    on every other such episode and scored (correlation) on the rest. None
-    where fewer than two episodes have a reward."""
-    true, pred, feats = [], [], []
+def reward_fit(agent: dreamer.Dreamer, directory: pathlib.Path, key: str, discount: float,
+               before: int = 15) -> dict | None:
+    """The reward and value heads on the posterior states of whole stored
+    episodes that hold a reward above 0.1. Reward: its mean prediction on the
+    rewarded steps and on the others, against the truth, and whether the
+    states carry it at all: a ridge regression from the features, fit on
+    every other such episode and scored (correlation) on the rest. Value:
+    its mean over the `before` steps ahead of each episode's first reward,
+    against the discounted return that followed there. None where fewer
+    than two episodes have a reward."""
+    true, pred, feats, values, ahead = [], [], [], [], []
     for path in tools.list_episodes(directory):
         episode = tools.load_episode(path)
-        if not (episode["reward"] > 0.1).any():
+        reward = episode["reward"]
+        if not (reward > 0.1).any():
             continue
         data = {k: tf.constant(episode[k][None]) for k in (key, "action")}
         post, _ = agent.rssm.observe(agent.encoder(data[key]), data["action"])
         feat = agent.rssm.get_feat(post)
         pred.append(agent.reward(feat).mode().numpy()[0])
         feats.append(feat.numpy()[0])
-        true.append(episode["reward"])
+        true.append(reward)
+        togo = np.zeros(len(reward) + 1)
+        for t in reversed(range(len(reward))):
+            togo[t] = reward[t] + discount * togo[t + 1]
+        first = int(np.argmax(reward > 0.1))
+        steps = slice(max(0, first - before), first)
+        values.append(agent.value(feat).mode().numpy()[0][steps])
+        ahead.append(togo[:-1][steps])
     if len(true) < 2:
         return None
     fit = lambda parts: (np.concatenate(parts[0::2]), np.concatenate(parts[1::2]))
@@ -103,7 +114,9 @@ def reward_fit(agent: dreamer.Dreamer, directory: pathlib.Path, key: str) -> dic
     return dict(episodes=episodes, steps=int(hit.sum()), true=float(true[hit].mean()),
                 pred=float(pred[hit].mean()), pred_other=float(pred[~hit].mean()),
                 corr=float(np.corrcoef(true, pred)[0, 1]),
-                probe=float(np.corrcoef(y_test, probe)[0, 1]))
+                probe=float(np.corrcoef(y_test, probe)[0, 1]),
+                value_ahead=float(np.concatenate(values).mean()),
+                return_ahead=float(np.concatenate(ahead).mean()))
 
 
 def cartpole_agreement(agent: dreamer.Dreamer, data: dict, start: dict, horizon: int) -> dict:
@@ -173,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     for t in sorted({0, 4, 9, len(rmse["reward"]) - 1}):
         print(f"  step {t + 1:2d}: observation RMSE {rmse['obs'][t]}, "
               f"reward RMSE {rmse['reward'][t]:.3f}")
-    fit = reward_fit(agent, logdir / "episodes", config.obs)
+    fit = reward_fit(agent, logdir / "episodes", config.obs, config.discount)
     if fit is None:
         print("fewer than two stored episodes have a reward above 0.1")
     else:
@@ -181,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
               f"true mean {fit['true']:.3f}, reward head {fit['pred']:.3f} there and "
               f"{fit['pred_other']:.3f} elsewhere; correlation {fit['corr']:.2f}, of a linear "
               f"probe of the states on held-out episodes {fit['probe']:.2f}")
+        print(f"value head over the 15 steps before each first reward {fit['value_ahead']:.1f}, "
+              f"discounted return that followed {fit['return_ahead']:.1f}")
     if config.task.startswith("dmc_cartpole") and config.obs == "state":
         agree = cartpole_agreement(agent, data, start, config.horizon)
         print(f"pole near upright in {agree['upright']:.1%} of replay states; sign agreement "

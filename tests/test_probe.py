@@ -48,13 +48,14 @@ class Returned:
 
 class LookingAgent:
     """Stands in for the agent: its posterior features are the observations,
-    its reward head reads feature `read`."""
+    its reward head reads feature `read`, its value head the last feature."""
 
     def __init__(self, read: int):
         self.encoder = lambda obs: obs
         self.rssm = types.SimpleNamespace(observe=lambda embed, action: ({"feat": embed}, None),
                                           get_feat=lambda post: post["feat"])
         self.reward = lambda feat: Returned(feat[..., read])
+        self.value = lambda feat: Returned(feat[..., -1])
 
 
 def test_reward_fit_tells_a_reward_in_the_states_from_one_that_is_not(tmp_path) -> None:
@@ -67,18 +68,30 @@ def test_reward_fit_tells_a_reward_in_the_states_from_one_that_is_not(tmp_path) 
     np.savez(tmp_path / f"20260101T000009-{9:032x}-59.npz",  # No reward: left out.
              state=np.ones((60, 2), np.float32), action=np.zeros((60, 1), np.float32),
              reward=np.zeros(60, np.float32))
-    seen = imagination_probe.reward_fit(LookingAgent(read=0), tmp_path, "state")
+    seen = imagination_probe.reward_fit(LookingAgent(read=0), tmp_path, "state", 0.99)
     assert seen["episodes"] == 4 and seen["steps"] > 20
     assert seen["true"] == 2.0 and np.isclose(seen["pred"], 2.0) and seen["pred_other"] == 0.0
     assert np.isclose(seen["corr"], 1.0) and seen["probe"] > 0.95
-    blind = imagination_probe.reward_fit(LookingAgent(read=1), tmp_path, "state")
+    blind = imagination_probe.reward_fit(LookingAgent(read=1), tmp_path, "state", 0.99)
     assert abs(blind["corr"]) < 0.3 and blind["probe"] > 0.95  # The states still hold it.
+
+
+def test_reward_fit_compares_the_value_before_a_reward_with_the_return_that_followed(
+        tmp_path) -> None:
+    reward = np.array([0, 0, 0, 2, 0], np.float32)
+    state = np.stack([reward, [10, 20, 30, 40, 50]], 1).astype(np.float32)  # Value: feature 1.
+    for index in range(2):
+        np.savez(tmp_path / f"20260101T0000{index:02d}-{index:032x}-4.npz", state=state,
+                 action=np.zeros((5, 1), np.float32), reward=reward)
+    fit = imagination_probe.reward_fit(LookingAgent(read=0), tmp_path, "state", 0.5, before=2)
+    # Steps 1 and 2 precede the reward at 3: returns 0.5 * 0.5 * 2 and 0.5 * 2.
+    assert np.isclose(fit["value_ahead"], 25.0) and np.isclose(fit["return_ahead"], 0.75)
 
 
 def test_reward_fit_needs_two_rewarded_episodes(tmp_path) -> None:
     np.savez(tmp_path / f"20260101T000000-{0:032x}-2.npz", state=np.ones((3, 1), np.float32),
              action=np.zeros((3, 1), np.float32), reward=np.array([0, 1, 0], np.float32))
-    assert imagination_probe.reward_fit(LookingAgent(read=0), tmp_path, "state") is None
+    assert imagination_probe.reward_fit(LookingAgent(read=0), tmp_path, "state", 0.99) is None
 
 
 class RewardedWhenPushed:
