@@ -10,8 +10,10 @@ From posterior states of replay chunks it prints:
 - open-loop accuracy: RMSE of the decoded observation and of the reward
   when the prior imagines from recorded actions after 5 observed steps;
 - where the replay's reward is sparse (a few rewarded episodes), whether
-  the reward head sees it: its mean prediction on the posterior states of
-  every rewarded step in the replay against the true reward there;
+  the reward head sees it (its mean on every rewarded step against the
+  truth, and a linear probe of the states) and whether the value carries it
+  back (the value head before each first reward against the return that
+  followed);
 - for cartpole tasks from state, how often the actor's action and the
   model's gradient of the imagined return with respect to the first action
   have the sign of a linear controller that balances the real task (found
@@ -95,13 +97,13 @@ def reward_fit(agent: dreamer.Dreamer, directory: pathlib.Path, key: str, discou
         pred.append(agent.reward(feat).mode().numpy()[0])
         feats.append(feat.numpy()[0])
         true.append(reward)
-        togo = np.zeros(len(reward) + 1)
-        for t in reversed(range(len(reward))):
-            togo[t] = reward[t] + discount * togo[t + 1]
+        # With lambda 1 and no bootstrap: the discounted return that followed.
+        togo = tools.lambda_return(tf.constant(reward), tf.zeros_like(reward), discount,
+                                   tf.constant(0.0), 1.0).numpy()
         first = int(np.argmax(reward > 0.1))
         steps = slice(max(0, first - before), first)
         values.append(agent.value(feat).mode().numpy()[0][steps])
-        ahead.append(togo[:-1][steps])
+        ahead.append(togo[steps])
     if len(true) < 2:
         return None
     fit = lambda parts: (np.concatenate(parts[0::2]), np.concatenate(parts[1::2]))
